@@ -1,22 +1,50 @@
-"""keras-transformer: the Transformer of "Attention Is All You Need" as readable Keras 3 code."""
+"""keras-transformer: the Transformer of "Attention Is All You Need" as readable Keras 3 code.
+
+The public names below are imported on first use, so that `import keras_transformer` (and the command line's
+`--help`) does not pay TensorFlow's start-up cost until something needs it. To load a saved `.keras` model,
+use `keras_transformer.load_model(path)`: it registers this package's layers before Keras reads the file.
+"""
+
+import importlib
 
 __version__ = "0.1.0"
 
-from keras_transformer import masks
-from keras_transformer.config import PRESETS, TransformerConfig
-from keras_transformer.losses import MaskedSparseCategoricalCrossentropy
-from keras_transformer.metrics import MaskedAccuracy
-from keras_transformer.model import build_transformer
-from keras_transformer.optimizers import create_optimizer
-from keras_transformer.schedules import WarmupSchedule
+_EXPORTS = {
+    "PRESETS": "keras_transformer.config",
+    "TransformerConfig": "keras_transformer.config",
+    "MaskedSparseCategoricalCrossentropy": "keras_transformer.losses",
+    "MaskedAccuracy": "keras_transformer.metrics",
+    "Transformer": "keras_transformer.model",
+    "build_transformer": "keras_transformer.model",
+    "create_optimizer": "keras_transformer.optimizers",
+    "WarmupSchedule": "keras_transformer.schedules",
+    "Translator": "keras_transformer.translator",
+    "TrainingConfig": "keras_transformer.training",
+    "train": "keras_transformer.training",
+}
+_SUBMODULES = {"config", "data", "decoding", "evaluation", "layers", "losses", "masks", "metrics", "model",
+               "optimizers", "plotting", "schedules", "training", "translator"}
 
-__all__ = [
-    "PRESETS",
-    "MaskedAccuracy",
-    "MaskedSparseCategoricalCrossentropy",
-    "TransformerConfig",
-    "WarmupSchedule",
-    "build_transformer",
-    "create_optimizer",
-    "masks",
-]
+__all__ = sorted(_EXPORTS) + ["load_model"]
+
+
+def load_model(path, compile=False):
+    """`keras.models.load_model` for models of this package (registers its layers first)."""
+    import keras
+
+    importlib.import_module("keras_transformer.model")  # registers every custom layer
+    for module in ("keras_transformer.losses", "keras_transformer.metrics", "keras_transformer.schedules"):
+        importlib.import_module(module)
+    return keras.models.load_model(path, compile=compile)
+
+
+def __getattr__(name):
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    if name in _SUBMODULES:
+        return importlib.import_module(f"keras_transformer.{name}")
+    raise AttributeError(f"module 'keras_transformer' has no attribute {name!r}")
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS) | _SUBMODULES)

@@ -51,18 +51,18 @@ class DecoderLayer(keras.layers.Layer):
         self.dropout_rate = float(dropout_rate)
         self.norm_first = bool(norm_first)
         self.self_attention = MultiHeadAttention(
-            self.d_model, self.num_heads, dropout=self.dropout_rate, name="self_attention"
+            self.d_model, self.num_heads, dropout=self.dropout_rate, name="self_attention", dtype=self.dtype_policy
         )
-        self.self_attention_norm = keras.layers.LayerNormalization(epsilon=1e-6, name="self_attention_norm")
-        self.self_attention_dropout = keras.layers.Dropout(self.dropout_rate)
+        self.self_attention_norm = keras.layers.LayerNormalization(epsilon=1e-6, name="self_attention_norm", dtype=self.dtype_policy)
+        self.self_attention_dropout = keras.layers.Dropout(self.dropout_rate, dtype=self.dtype_policy)
         self.cross_attention = MultiHeadAttention(
-            self.d_model, self.num_heads, dropout=self.dropout_rate, name="cross_attention"
+            self.d_model, self.num_heads, dropout=self.dropout_rate, name="cross_attention", dtype=self.dtype_policy
         )
-        self.cross_attention_norm = keras.layers.LayerNormalization(epsilon=1e-6, name="cross_attention_norm")
-        self.cross_attention_dropout = keras.layers.Dropout(self.dropout_rate)
-        self.feed_forward = PositionwiseFeedForward(self.d_model, self.dff, name="feed_forward")
-        self.feed_forward_norm = keras.layers.LayerNormalization(epsilon=1e-6, name="feed_forward_norm")
-        self.feed_forward_dropout = keras.layers.Dropout(self.dropout_rate)
+        self.cross_attention_norm = keras.layers.LayerNormalization(epsilon=1e-6, name="cross_attention_norm", dtype=self.dtype_policy)
+        self.cross_attention_dropout = keras.layers.Dropout(self.dropout_rate, dtype=self.dtype_policy)
+        self.feed_forward = PositionwiseFeedForward(self.d_model, self.dff, name="feed_forward", dtype=self.dtype_policy)
+        self.feed_forward_norm = keras.layers.LayerNormalization(epsilon=1e-6, name="feed_forward_norm", dtype=self.dtype_policy)
+        self.feed_forward_dropout = keras.layers.Dropout(self.dropout_rate, dtype=self.dtype_policy)
 
     def build(self, inputs_shape, encoder_output_shape=None):
         encoder_output_shape = inputs_shape if encoder_output_shape is None else encoder_output_shape

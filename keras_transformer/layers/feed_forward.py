@@ -22,8 +22,8 @@ class PositionwiseFeedForward(keras.layers.Layer):
         super().__init__(**kwargs)
         self.d_model = int(d_model)
         self.dff = int(dff)
-        self.inner_dense = keras.layers.Dense(self.dff, activation="relu", name="inner")
-        self.output_dense = keras.layers.Dense(self.d_model, name="output")
+        self.inner_dense = keras.layers.Dense(self.dff, activation="relu", name="inner", dtype=self.dtype_policy)
+        self.output_dense = keras.layers.Dense(self.d_model, name="output", dtype=self.dtype_policy)
 
     def build(self, inputs_shape):
         self.inner_dense.build(inputs_shape)

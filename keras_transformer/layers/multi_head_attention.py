@@ -53,11 +53,11 @@ class MultiHeadAttention(keras.layers.Layer):
         self.num_heads = int(num_heads)
         self.depth = self.d_model // self.num_heads
         self.dropout = float(dropout)
-        self.query_dense = keras.layers.Dense(self.d_model, name="query")  # W_Q
-        self.key_dense = keras.layers.Dense(self.d_model, name="key")  # W_K
-        self.value_dense = keras.layers.Dense(self.d_model, name="value")  # W_V
-        self.output_dense = keras.layers.Dense(self.d_model, name="attention_output")  # W_O
-        self.dropout_layer = keras.layers.Dropout(self.dropout)
+        self.query_dense = keras.layers.Dense(self.d_model, name="query", dtype=self.dtype_policy)  # W_Q
+        self.key_dense = keras.layers.Dense(self.d_model, name="key", dtype=self.dtype_policy)  # W_K
+        self.value_dense = keras.layers.Dense(self.d_model, name="value", dtype=self.dtype_policy)  # W_V
+        self.output_dense = keras.layers.Dense(self.d_model, name="attention_output", dtype=self.dtype_policy)  # W_O
+        self.dropout_layer = keras.layers.Dropout(self.dropout, dtype=self.dtype_policy)
 
     def build(self, query_shape, value_shape=None, key_shape=None):
         value_shape = query_shape if value_shape is None else value_shape

@@ -1,0 +1,304 @@
+"""`keras-transformer` command line: parses arguments, then calls the library.
+
+TensorFlow is imported only inside the commands, so `--help` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+LECTURE_SENTENCE = "어제 카페 갔었어 거기 사람 많더라"
+DEFAULT_RUNS_DIR = "saved_models"
+DEFAULT_RUN_NAME = "ko-en-small"
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 2
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    try:
+        return args.func(args) or 0
+    except KeyboardInterrupt:
+        print("Interrupted.", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, TypeError) as error:
+        # Bad input: one clear line, no stack trace from deep inside TensorFlow.
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="keras-transformer",
+        description="Train, evaluate, run and plot the Transformer of 'Attention Is All You Need'.",
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    train = commands.add_parser(
+        "train",
+        help="train a translator (default: the small preset on the bundled ko-en corpus), then evaluate it",
+        description="Learn tokenizers, train with model.fit (warmup schedule, label smoothing, bucketing), keep "
+        "the best model by dev BLEU, evaluate on the test split and translate a few sentences. Re-running the "
+        "same command resumes an interrupted run. Settings: a YAML/JSON --config file, then flags on top.",
+    )
+    train.add_argument("--config", help="YAML or JSON file with training settings (keys of TrainingConfig)")
+    train.add_argument("--run-name", default=None, help=f"run directory name under --runs-dir (default {DEFAULT_RUN_NAME})")
+    train.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR, help="where run directories live (default: saved_models)")
+    _add_data_arguments(train)
+    train.add_argument("--preset", help="model preset: tiny, small, base, big (default small)")
+    train.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a model field, e.g. --set num_layers=4 (repeatable)")
+    for name, kind, text in (
+        ("time-limit", float, "training wall-clock budget in minutes, counted across restarts (default 25)"),
+        ("epochs", int, "maximum number of epochs (default 100)"),
+        ("steps-per-epoch", int, "steps between dev-BLEU evaluations and backups (default 1000)"),
+        ("max-length", int, "longest tokenized sentence kept (default 64)"),
+        ("tokens-per-batch", int, "batch size in tokens (default 4096)"),
+        ("warmup-steps", int, "learning-rate warmup steps (default 4000)"),
+        ("lr-scale", float, "constant factor on the paper's learning rate (default 1.0)"),
+        ("source-vocab-size", int, "source SentencePiece vocabulary size (default 8000)"),
+        ("target-vocab-size", int, "target SentencePiece vocabulary size (default 8000)"),
+        ("dev-bleu-sentences", int, "dev sentences scored after every epoch (default 500; 0 = none)"),
+        ("train-limit", int, "use only the first N training pairs"),
+        ("seed", int, "random seed (default 0)"),
+    ):
+        train.add_argument(f"--{name}", type=kind, help=text)
+    train.add_argument("--precision", choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"], help="numeric precision (default auto)")
+    train.add_argument("--no-jit", action="store_true", help="do not XLA-compile the train step")
+    train.add_argument("--no-evaluate", action="store_true", help="skip the test-set evaluation and sample translations")
+    train.set_defaults(func=cmd_train)
+
+    evaluate = commands.add_parser("evaluate", help="BLEU and chrF of a trained model on a parallel file or a bundled split")
+    evaluate.add_argument("--model", required=True, help="run directory (saved_models/<run-name>)")
+    _add_data_arguments(evaluate, evaluation=True)
+    evaluate.add_argument("--out", help="directory for hypotheses.txt and report.json (default: <model>/eval-<split or file>)")
+    evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.set_defaults(func=cmd_evaluate)
+
+    translate = commands.add_parser("translate", help="translate sentences given as arguments, in a file, or on stdin")
+    translate.add_argument("text", nargs="*", help="sentences to translate (none: read --file or stdin, one per line)")
+    translate.add_argument("--model", required=True, help="run directory (saved_models/<run-name>)")
+    translate.add_argument("--file", help="file with one sentence per line")
+    translate.add_argument("--strategy", choices=["greedy", "sample"], default="greedy")
+    translate.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    translate.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0 = all)")
+    translate.add_argument("--top-p", type=float, default=1.0, help="sample within the top-p probability mass")
+    translate.add_argument("--seed", type=int, default=0, help="sampling seed")
+    translate.add_argument("--batch-size", type=int, default=64)
+    translate.set_defaults(func=cmd_translate)
+
+    plot = commands.add_parser("plot", help="write PNG plots: attention heatmaps, positional encoding, schedule, curves")
+    plot.add_argument("what", choices=["attention", "positional-encoding", "schedule", "curves", "all"])
+    plot.add_argument("--model", help="run directory (needed for attention, schedule and curves)")
+    plot.add_argument("--sentence", default=LECTURE_SENTENCE, help="source sentence for the attention plots")
+    plot.add_argument("--target", help="target sentence for the attention plots (default: the model's translation)")
+    plot.add_argument("--layer", type=int, default=-1, help="which layer's attention to plot (default: last)")
+    plot.add_argument("--out", default=None, help="output directory (default: <model>/plots or ./plots)")
+    plot.set_defaults(func=cmd_plot)
+    return parser
+
+
+def _add_data_arguments(parser, evaluation=False):
+    group = parser.add_argument_group("data")
+    if evaluation:
+        group.add_argument("--data", help="parallel TSV/CSV file (.gz ok) to score on (default: the bundled --split)")
+        group.add_argument("--split", default="test", choices=["train", "dev", "test"], help="bundled split (default test)")
+    else:
+        group.add_argument("--train", help="training pairs: TSV/CSV file (.gz ok); default: the bundled ko-en corpus")
+        group.add_argument("--dev", help="dev pairs for BLEU-based model selection (default: bundled dev split)")
+        group.add_argument("--test", help="test pairs for the final report (default: bundled test split)")
+    group.add_argument("--direction", default="ko-en", choices=["ko-en", "en-ko"], help="bundled corpus direction (default ko-en)")
+    group.add_argument("--source-column", type=int, default=0, help="source column of your own files (default 0)")
+    group.add_argument("--target-column", type=int, default=1, help="target column of your own files (default 1)")
+    group.add_argument("--strict", action="store_true", help="fail on malformed lines instead of skipping them with a warning")
+
+
+def _load_corpus(path, split, args):
+    from keras_transformer.data import load_bundled_corpus, read_parallel_file
+
+    if path:
+        return read_parallel_file(path, source_column=args.source_column, target_column=args.target_column, strict=args.strict)
+    return load_bundled_corpus(split, direction=args.direction)
+
+
+def load_settings_file(path):
+    """Training settings from a YAML or JSON file (a mapping of TrainingConfig keys)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"Config file {path} does not exist.")
+    text = path.read_text(encoding="utf-8")
+    if path.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        try:
+            values = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise ValueError(f"{path} is not valid YAML: {error}") from None
+    else:
+        try:
+            values = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path} is not valid JSON: {error}") from None
+    if not isinstance(values, dict):
+        raise ValueError(f"{path} must hold a mapping of training settings, got {type(values).__name__}.")
+    return values
+
+
+def _parse_overrides(pairs):
+    overrides = {}
+    for pair in pairs:
+        if "=" not in pair:
+            raise ValueError(f"--set expects FIELD=VALUE, got {pair!r}.")
+        key, value = pair.split("=", 1)
+        try:
+            overrides[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key.strip()] = value
+    return overrides
+
+
+def settings_from_args(args):
+    from keras_transformer.training import TrainingConfig
+
+    values = load_settings_file(args.config) if args.config else {}
+    flags = {
+        "preset": args.preset,
+        "time_limit_minutes": args.time_limit,
+        "epochs": args.epochs,
+        "steps_per_epoch": args.steps_per_epoch,
+        "max_length": args.max_length,
+        "tokens_per_batch": args.tokens_per_batch,
+        "warmup_steps": args.warmup_steps,
+        "lr_scale": args.lr_scale,
+        "source_vocab_size": args.source_vocab_size,
+        "target_vocab_size": args.target_vocab_size,
+        "dev_bleu_sentences": args.dev_bleu_sentences,
+        "train_limit": args.train_limit,
+        "seed": args.seed,
+        "precision": args.precision,
+    }
+    values.update({k: v for k, v in flags.items() if v is not None})
+    if args.no_jit:
+        values["jit_compile"] = False
+    if args.set:
+        values["model_overrides"] = {**values.get("model_overrides", {}), **_parse_overrides(args.set)}
+    return TrainingConfig.from_dict(values)
+
+
+def cmd_train(args):
+    settings = settings_from_args(args)  # validate everything before any heavy import or file write
+    from keras_transformer.training import train
+
+    run_dir = Path(args.runs_dir) / (args.run_name or DEFAULT_RUN_NAME)
+    train_corpus = _load_corpus(args.train, "train", args)
+    dev_corpus = _load_corpus(args.dev, "dev", args)
+    print(f"Training on {len(train_corpus):,} pairs, selecting on {len(dev_corpus):,} dev pairs; run directory {run_dir}")
+    report = train(settings, run_dir, train_corpus, dev_corpus)
+    print(f"Trained {report['steps']} steps in {report['training_seconds'] / 60:.1f} min; best dev BLEU {report['best_dev_bleu']}.")
+    if args.no_evaluate:
+        return 0
+    from keras_transformer.evaluation import evaluate
+    from keras_transformer.translator import Translator
+
+    translator = Translator.load(run_dir)
+    test_corpus = _load_corpus(args.test, "test", args)
+    result = evaluate(translator, test_corpus, run_dir / "eval-test")
+    print(f"Test BLEU {result['bleu']} (case-insensitive {result['bleu_case_insensitive']}), chrF {result['chrf']} "
+          f"on {result['sentences']} sentences; details in {run_dir / 'eval-test'}")
+    samples = [LECTURE_SENTENCE] + test_corpus.sources[:4] if args.direction == "ko-en" and not args.test else test_corpus.sources[:5]
+    for source, output in zip(samples, translator.translate(samples)):
+        print(f"  {source}\n    -> {output}")
+    return 0
+
+
+def cmd_evaluate(args):
+    from keras_transformer.evaluation import evaluate
+    from keras_transformer.translator import Translator
+
+    if args.batch_size <= 0:
+        raise ValueError(f"--batch-size must be positive, got {args.batch_size}.")
+    corpus = _load_corpus(args.data, args.split, args)
+    translator = Translator.load(args.model)
+    out = args.out or Path(args.model) / f"eval-{Path(args.data).stem if args.data else args.split}"
+    report = evaluate(translator, corpus, out, batch_size=args.batch_size)
+    print(json.dumps({k: v for k, v in report.items() if k != "examples"}, indent=2, ensure_ascii=False))
+    return 0
+
+
+def _read_sentences(args):
+    if args.text:
+        return list(args.text)
+    if args.file:
+        path = Path(args.file)
+        if not path.exists():
+            raise FileNotFoundError(f"{path} does not exist.")
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as error:
+            raise ValueError(f"{path} is not UTF-8 text ({error.reason} at byte {error.start}).") from None
+    else:
+        if sys.stdin.isatty():
+            print("Type sentences, one per line; end with Ctrl-D.", file=sys.stderr)
+        lines = sys.stdin.read().splitlines()
+    sentences = [line.strip() for line in lines if line.strip()]
+    if not sentences:
+        raise ValueError("Nothing to translate: give sentences as arguments, with --file, or on stdin.")
+    return sentences
+
+
+def cmd_translate(args):
+    from keras_transformer.translator import Translator
+
+    sentences = _read_sentences(args)
+    translator = Translator.load(args.model)
+    options = {}
+    if args.strategy == "sample":
+        options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    for output in translator.translate(sentences, strategy=args.strategy, batch_size=args.batch_size, **options):
+        print(output)
+    return 0
+
+
+def cmd_plot(args):
+    from keras_transformer import plotting
+
+    out = Path(args.out or (Path(args.model) / "plots" if args.model else "plots"))
+    needs_model = args.what in ("attention", "schedule", "curves", "all")
+    if needs_model and not args.model:
+        raise ValueError(f"plot {args.what} needs --model (a run directory).")
+    written = []
+    if args.what in ("positional-encoding", "all"):
+        written.append(plotting.plot_positional_encoding(64, 256, out / "positional_encoding.png"))
+    if args.what in ("schedule", "all"):
+        from keras_transformer.schedules import WarmupSchedule
+
+        values = json.loads((Path(args.model) / "config.json").read_text())
+        training, model = values["training"], values["model"]
+        schedule = WarmupSchedule(model["d_model"], training["warmup_steps"], training["lr_scale"])
+        written.append(plotting.plot_learning_rate(schedule, max(3 * training["warmup_steps"], 1000), out / "learning_rate.png"))
+    if args.what in ("curves", "all"):
+        history = json.loads((Path(args.model) / "history.json").read_text())
+        keys = sorted({k for entry in history for k in entry})
+        written.append(plotting.plot_training_curves({k: [e.get(k) for e in history] for k in keys}, out / "training_curves.png"))
+    if args.what in ("attention", "all"):
+        from keras_transformer.translator import Translator
+
+        translator = Translator.load(args.model)
+        target = args.target or translator.translate(args.sentence)
+        written += plotting.plot_attention_for_sentence(
+            translator.model, translator.config, translator.source_tokenizer, translator.target_tokenizer,
+            args.sentence, target, out, layer=args.layer,
+        )
+    for path in written:
+        print(path)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,72 @@
+"""What one decoding step needs: the encoder output, the key/value cache, and the step function itself.
+
+Cache layout (one documented layout, used by every strategy and by the exported models):
+- cross-attention: per decoder layer, `(key, value)` of the encoder output, each `[batch, heads, src_len, d_k]`,
+  computed once per source;
+- self-attention: per decoder layer, `(key, value)` buffers of fixed size `[batch, heads, max_steps, d_k]`,
+  zeros at first; step i writes position i. Fixed sizes let XLA and TFLite compile the decode loop.
+
+Two ways to get the next-token logits at position i, with identical results:
+- `cached_step`: feeds only token i and attends over the cache (O(1) new work per layer and step);
+- `full_step`: re-runs the whole decoder over the token buffer and reads position i (what the TensorFlow
+  tutorial does; kept as the reference and for benchmarks).
+"""
+
+import tensorflow as tf
+from keras import ops
+
+from keras_transformer.model import decode, embed_target, encode, layer_getter, project_to_vocabulary
+
+
+class DecoderState:
+    """Encoder output and caches for a batch of sources, and the step functions over them."""
+
+    def __init__(self, model, config, encoder_inputs, max_steps, use_cache=True):
+        self.config = config
+        self.get_layer = layer_getter(model)
+        self.max_steps = max_steps
+        self.use_cache = use_cache
+        self.encoder_output, self.encoder_padding_mask = encode(self.get_layer, config, encoder_inputs, training=False)
+        self.batch_size = tf.shape(self.encoder_output)[0]
+        self.decoder_layers = [self.get_layer(f"decoder_layer_{i}") for i in range(config.num_layers)]
+        if use_cache:
+            self.cross_caches = [layer.cross_attention.compute_key_value(self.encoder_output) for layer in self.decoder_layers]
+
+    def initial_self_caches(self):
+        """Zero `(key, value)` buffers `[batch, heads, max_steps, d_k]`, one pair per decoder layer."""
+        c = self.config
+        depth = c.d_model // c.num_heads
+        dtype = self.encoder_output.dtype
+        zeros = tf.zeros(tf.stack([self.batch_size, c.num_heads, self.max_steps, depth]), dtype=dtype)
+        return [(zeros, zeros) for _ in range(c.num_layers)]
+
+    def cached_step(self, tokens, index, self_caches):
+        """Logits `[batch, vocab]` for position `index`, feeding only `tokens[:, index]`."""
+        token = tf.expand_dims(tokens[:, index], 1)  # [batch, 1]
+        x = embed_target(self.get_layer, token)
+        x = self.get_layer("decoder_positional_encoding")(x, start_index=index)
+        # The query at `index` may see cache positions 0..index.
+        visible = ops.less_equal(ops.arange(self.max_steps), index)
+        self_mask = ops.reshape(visible, (1, 1, 1, self.max_steps))
+        new_caches = []
+        for layer, cross_cache, self_cache in zip(self.decoder_layers, self.cross_caches, self_caches):
+            x, self_cache = layer(
+                x,
+                encoder_padding_mask=self.encoder_padding_mask,
+                self_attention_mask=self_mask,
+                self_attention_cache=self_cache,
+                self_attention_cache_update_index=index,
+                cross_attention_cache=cross_cache,
+                training=False,
+            )
+            new_caches.append(self_cache)
+        logits = project_to_vocabulary(self.get_layer, self.config, x)
+        return logits[:, 0, :], new_caches
+
+    def full_step(self, tokens, index, self_caches=None):
+        """Logits `[batch, vocab]` for position `index`, re-running the decoder over the whole buffer."""
+        logits = decode(self.get_layer, self.config, tokens, self.encoder_output, self.encoder_padding_mask, training=False)
+        return tf.gather(logits, index, axis=1), self_caches
+
+    def step(self, tokens, index, self_caches):
+        return self.cached_step(tokens, index, self_caches) if self.use_cache else self.full_step(tokens, index, self_caches)

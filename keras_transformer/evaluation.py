@@ -1,0 +1,49 @@
+"""BLEU and chrF with sacrebleu (default 13a tokenization, cased), on any parallel corpus."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+
+def corpus_scores(hypotheses, references) -> dict:
+    """`{"bleu": ..., "chrf": ..., "bleu_signature": ...}` for lists of strings (one reference each)."""
+    import sacrebleu
+
+    if len(hypotheses) != len(references):
+        raise ValueError(f"{len(hypotheses)} hypotheses but {len(references)} references: they must pair up.")
+    bleu = sacrebleu.metrics.BLEU()
+    chrf = sacrebleu.metrics.CHRF()
+    bleu_score = bleu.corpus_score(hypotheses, [references])
+    return {
+        "bleu": round(bleu_score.score, 2),
+        "chrf": round(chrf.corpus_score(hypotheses, [references]).score, 2),
+        "bleu_case_insensitive": round(sacrebleu.metrics.BLEU(lowercase=True).corpus_score(hypotheses, [references]).score, 2),
+        "bleu_signature": str(bleu.get_signature()),
+    }
+
+
+def evaluate(translator, corpus, out_dir=None, batch_size=64, **translate_options) -> dict:
+    """Translates `corpus.sources`, scores against `corpus.targets`; with `out_dir`, writes `hypotheses.txt`
+    (one line per source) and `report.json`. Returns the report."""
+    started = time.time()
+    hypotheses = translator.translate(corpus.sources, batch_size=batch_size, **translate_options)
+    seconds = time.time() - started
+    report = {
+        "corpus": str(getattr(corpus, "path", "")),
+        "sentences": len(hypotheses),
+        **corpus_scores(hypotheses, corpus.targets),
+        "decode_seconds": round(seconds, 1),
+        "sentences_per_second": round(len(hypotheses) / max(seconds, 1e-9), 1),
+        "examples": [
+            {"source": s, "reference": r, "hypothesis": h}
+            for s, r, h in list(zip(corpus.sources, corpus.targets, hypotheses))[:5]
+        ],
+    }
+    if out_dir is not None:
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        (out_dir / "hypotheses.txt").write_text("".join(h.replace("\n", " ") + "\n" for h in hypotheses), encoding="utf-8")
+        (out_dir / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+    return report

@@ -1,0 +1,141 @@
+"""`Translator`: text in, text out, for a trained model and its two tokenizers."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import numpy as np
+import tensorflow as tf
+
+from keras_transformer.config import TransformerConfig
+from keras_transformer.data.special_ids import END_ID, PAD_ID
+from keras_transformer.decoding import greedy_search, sample
+
+STRATEGIES = ("greedy", "sample")
+
+
+class Translator:
+    """Translates batches of sentences with a trained Transformer.
+
+    Sources are tokenized, END is appended, the batch is sorted by length and padded to a multiple of 8 (few
+    distinct shapes, so the compiled decoder is reused), decoded with the cached XLA-compiled loop, and
+    detokenized back in the original order.
+
+    Args:
+        model: a model from `build_transformer` (trained).
+        config: its `TransformerConfig`.
+        source_tokenizer, target_tokenizer: `keras_transformer.data.SubwordTokenizer`s it was trained with.
+        max_output_length: longest translation in tokens (default: `config.max_length - 1`).
+        jit_compile: compile the decode loop with XLA.
+
+    Example:
+    >>> translator = Translator.load("saved_models/ko-en-small")  # doctest: +SKIP
+    >>> translator.translate(["어제 카페 갔었어 거기 사람 많더라"])  # doctest: +SKIP
+    """
+
+    def __init__(self, model, config, source_tokenizer, target_tokenizer, max_output_length=None, jit_compile=True):
+        self.model = model
+        self.config = config
+        self.source_tokenizer = source_tokenizer
+        self.target_tokenizer = target_tokenizer
+        self.max_output_length = int(max_output_length or config.max_length - 1)
+        if not 0 < self.max_output_length < config.max_length:
+            raise ValueError(
+                f"max_output_length must be in [1, {config.max_length - 1}] for max_length={config.max_length}, "
+                f"got {max_output_length}."
+            )
+        self.jit_compile = jit_compile
+        self._compiled = {}
+
+    @classmethod
+    def load(cls, path, **kwargs) -> "Translator":
+        """From a run directory written by `keras_transformer.training.train` (or `export_keras`): it holds
+        `config.json`, `model.keras`, `source.model` and `target.model`."""
+        import keras
+
+        from keras_transformer.data.tokenizer import SubwordTokenizer
+
+        path = Path(path)
+        missing = [name for name in ("config.json", "model.keras", "source.model", "target.model") if not (path / name).exists()]
+        if missing:
+            raise FileNotFoundError(
+                f"{path} is not a complete run directory: missing {', '.join(missing)}. Point to the directory "
+                "that `keras-transformer train` wrote (saved_models/<run-name>)."
+            )
+        config = TransformerConfig.from_dict(json.loads((path / "config.json").read_text())["model"])
+        model = keras.models.load_model(path / "model.keras", compile=False)
+        return cls(
+            model,
+            config,
+            SubwordTokenizer.load(path / "source.model"),
+            SubwordTokenizer.load(path / "target.model"),
+            **kwargs,
+        )
+
+    def encode_sources(self, texts):
+        """Token ids for each source (+ END), truncated to `max_length` with a warning."""
+        limit = self.config.max_length - 1
+        encoded = [list(self.source_tokenizer.encode(text)) for text in texts]
+        truncated = sum(len(ids) > limit for ids in encoded)
+        encoded = [ids[:limit] + [END_ID] for ids in encoded]
+        if truncated:
+            warnings.warn(f"{truncated} source sentence(s) were longer than max_length={self.config.max_length} tokens and were truncated.")
+        return encoded
+
+    def translate(self, texts, strategy="greedy", batch_size=64, return_scores=False, **options):
+        """Translates a list of sentences (or one string). `strategy` is `greedy` or `sample` (with
+        `temperature`, `top_k`, `top_p`, `seed`). Returns a list of strings (and the sequence log-probabilities
+        with `return_scores=True`)."""
+        single = isinstance(texts, str)
+        texts = [texts] if single else list(texts)
+        if not all(isinstance(t, str) for t in texts):
+            raise TypeError("translate expects a string or a list of strings.")
+        if batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {batch_size}.")
+        encoded = self.encode_sources(texts)
+        order = np.argsort([len(ids) for ids in encoded], kind="stable")
+        outputs = [None] * len(texts)
+        scores = [0.0] * len(texts)
+        for start in range(0, len(order), batch_size):
+            chunk = order[start : start + batch_size]
+            ids, chunk_scores = self.translate_ids(
+                pad_batch([encoded[i] for i in chunk], max_length=self.config.max_length), strategy, **options)
+            for i, row, score in zip(chunk, ids, chunk_scores):
+                outputs[i] = self.target_tokenizer.decode([int(t) for t in row])
+                scores[i] = float(score)
+        if single:
+            return (outputs[0], scores[0]) if return_scores else outputs[0]
+        return (outputs, scores) if return_scores else outputs
+
+    def translate_ids(self, encoder_ids, strategy="greedy", use_cache=True, **options):
+        """`[batch, src_len]` int32 ids (END included, 0-padded) -> `(target ids [batch, steps], scores)` numpy."""
+        if strategy not in STRATEGIES:
+            raise ValueError(f"Unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}.")
+        key = (strategy, use_cache, tuple(sorted(options.items())))
+        if key not in self._compiled:
+            if strategy == "greedy":
+                if options:
+                    raise ValueError(f"greedy decoding takes no options, got {sorted(options)}.")
+                fn = lambda x: greedy_search(self.model, self.config, x, self.max_output_length, use_cache=use_cache)  # noqa: E731
+            else:
+                fn = lambda x: sample(self.model, self.config, x, self.max_output_length, use_cache=use_cache, **options)  # noqa: E731
+            # One trace for all shapes; XLA compiles once per padded shape (lengths are multiples of 8).
+            signature = [tf.TensorSpec([None, None], tf.int32)]
+            self._compiled[key] = tf.function(fn, input_signature=signature, jit_compile=self.jit_compile)
+        ids, scores = self._compiled[key](tf.constant(encoder_ids, tf.int32))
+        return ids.numpy(), scores.numpy()
+
+
+def pad_batch(sequences, multiple=8, max_length=None, pad_id=PAD_ID):
+    """Pads lists of ids to one `[batch, length]` int32 array, the length rounded up to a multiple of `multiple`
+    (but not beyond `max_length`)."""
+    longest = max(len(s) for s in sequences)
+    length = -(-longest // multiple) * multiple
+    if max_length is not None:
+        length = max(longest, min(length, max_length))
+    batch = np.full((len(sequences), length), pad_id, dtype=np.int32)
+    for row, ids in zip(batch, sequences):
+        row[: len(ids)] = ids
+    return batch
