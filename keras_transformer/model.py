@@ -174,14 +174,23 @@ def project_to_vocabulary(get_layer, config, decoder_output):
     return get_layer("logits")(logits)
 
 
+_ALIASES = {
+    "source_embedding": ("shared_embedding", "source_projection"),
+    "target_embedding": ("shared_embedding",),
+}
+
+
 def layer_getter(model):
-    """`name -> layer` for a built model, for `encode` / `decode` (the shared embedding answers to both
-    `source_embedding` and `target_embedding`)."""
+    """`name -> layer` for a built model, for `encode` / `decode`. The names are those of `_create_layers`;
+    `source_embedding` also finds the shared embedding or the feature projection, `target_embedding` the shared
+    embedding."""
+    names = {layer.name for layer in model.layers}
 
     def get_layer(name):
-        if name in ("source_embedding", "target_embedding") and any(l.name == "shared_embedding" for l in model.layers):
-            name = "shared_embedding"
-        return model.get_layer(name)
+        for candidate in (name, *_ALIASES.get(name, ())):
+            if candidate in names:
+                return model.get_layer(candidate)
+        return model.get_layer(name)  # raises Keras' own "No such layer" error
 
     return get_layer
 

@@ -11,9 +11,9 @@ import tensorflow as tf
 
 from keras_transformer.config import TransformerConfig
 from keras_transformer.data.special_ids import END_ID, PAD_ID
-from keras_transformer.decoding import greedy_search, sample
+from keras_transformer.decoding import beam_search, greedy_search, sample
 
-STRATEGIES = ("greedy", "sample")
+STRATEGIES = ("greedy", "beam", "sample")
 
 
 class Translator:
@@ -84,33 +84,51 @@ class Translator:
             warnings.warn(f"{truncated} source sentence(s) were longer than max_length={self.config.max_length} tokens and were truncated.")
         return encoded
 
-    def translate(self, texts, strategy="greedy", batch_size=64, return_scores=False, **options):
-        """Translates a list of sentences (or one string). `strategy` is `greedy` or `sample` (with
-        `temperature`, `top_k`, `top_p`, `seed`). Returns a list of strings (and the sequence log-probabilities
-        with `return_scores=True`)."""
-        single = isinstance(texts, str)
-        texts = [texts] if single else list(texts)
+    def translate(self, texts, strategy=None, batch_size=64, return_scores=False, **options):
+        """Translates a list of sentences (or one string).
+
+        `strategy`: `greedy` (default), `beam` (options `beam_size`, `alpha`; chosen automatically when
+        `beam_size` > 1 is given) or `sample` (options `temperature`, `top_k`, `top_p`, `seed`).
+        Returns a list of strings, and with `return_scores=True` also their scores (log-probability; for beam
+        search divided by the length penalty)."""
+        nbest = self.translate_nbest(texts, strategy=strategy, batch_size=batch_size, **options)
+        outputs = [hypotheses[0][0] for hypotheses in nbest]
+        scores = [hypotheses[0][1] for hypotheses in nbest]
+        if isinstance(texts, str):
+            outputs, scores = outputs[0], scores[0]
+        return (outputs, scores) if return_scores else outputs
+
+    def translate_nbest(self, texts, strategy=None, batch_size=64, **options):
+        """Like `translate`, but returns for each source the list of `(translation, score)` hypotheses, best
+        first: `beam_size` of them for beam search, one otherwise."""
+        texts = [texts] if isinstance(texts, str) else list(texts)
         if not all(isinstance(t, str) for t in texts):
             raise TypeError("translate expects a string or a list of strings.")
         if batch_size <= 0:
             raise ValueError(f"batch_size must be positive, got {batch_size}.")
+        if strategy is None:
+            strategy = "beam" if options.get("beam_size", 1) > 1 else "greedy"
+            if strategy == "greedy":
+                options.pop("beam_size", None)
         encoded = self.encode_sources(texts)
         order = np.argsort([len(ids) for ids in encoded], kind="stable")
-        outputs = [None] * len(texts)
-        scores = [0.0] * len(texts)
+        results = [None] * len(texts)
         for start in range(0, len(order), batch_size):
             chunk = order[start : start + batch_size]
-            ids, chunk_scores = self.translate_ids(
-                pad_batch([encoded[i] for i in chunk], max_length=self.config.max_length), strategy, **options)
-            for i, row, score in zip(chunk, ids, chunk_scores):
-                outputs[i] = self.target_tokenizer.decode([int(t) for t in row])
-                scores[i] = float(score)
-        if single:
-            return (outputs[0], scores[0]) if return_scores else outputs[0]
-        return (outputs, scores) if return_scores else outputs
+            batch = pad_batch([encoded[i] for i in chunk], max_length=self.config.max_length)
+            ids, scores = self.translate_ids(batch, strategy, **options)
+            if ids.ndim == 2:  # one hypothesis per source
+                ids, scores = ids[:, None, :], scores[:, None]
+            for i, hypotheses, hypothesis_scores in zip(chunk, ids, scores):
+                results[i] = [
+                    (self.target_tokenizer.decode([int(t) for t in row]), float(score))
+                    for row, score in zip(hypotheses, hypothesis_scores)
+                ]
+        return results
 
     def translate_ids(self, encoder_ids, strategy="greedy", use_cache=True, **options):
-        """`[batch, src_len]` int32 ids (END included, 0-padded) -> `(target ids [batch, steps], scores)` numpy."""
+        """`[batch, src_len]` int32 ids (END included, 0-padded) -> `(target ids, scores)` as numpy:
+        `[batch, steps]` and `[batch]`, or `[batch, beam_size, steps]` and `[batch, beam_size]` for beam search."""
         if strategy not in STRATEGIES:
             raise ValueError(f"Unknown strategy {strategy!r}; choose one of {', '.join(STRATEGIES)}.")
         key = (strategy, use_cache, tuple(sorted(options.items())))
@@ -119,6 +137,8 @@ class Translator:
                 if options:
                     raise ValueError(f"greedy decoding takes no options, got {sorted(options)}.")
                 fn = lambda x: greedy_search(self.model, self.config, x, self.max_output_length, use_cache=use_cache)  # noqa: E731
+            elif strategy == "beam":
+                fn = lambda x: beam_search(self.model, self.config, x, self.max_output_length, use_cache=use_cache, **options)  # noqa: E731
             else:
                 fn = lambda x: sample(self.model, self.config, x, self.max_output_length, use_cache=use_cache, **options)  # noqa: E731
             # One trace for all shapes; XLA compiles once per padded shape (lengths are multiples of 8).

@@ -1,0 +1,204 @@
+"""Training pieces: the warmup schedule, Adam settings, the masked label-smoothed loss, the masked accuracy,
+and an end-to-end `model.fit` that has to really learn a task."""
+
+import time
+
+import numpy as np
+import pytest
+
+import keras
+
+from conftest import numpy_softmax
+from keras_transformer import (
+    MaskedAccuracy,
+    MaskedSparseCategoricalCrossentropy,
+    TransformerConfig,
+    WarmupSchedule,
+    build_transformer,
+    create_optimizer,
+)
+
+# --------------------------------------------------------------------------------------------------------------
+# Learning-rate schedule and optimizer (paper, section 5.3).
+# --------------------------------------------------------------------------------------------------------------
+
+
+def paper_rate(step, d_model, warmup):
+    return d_model**-0.5 * min(step**-0.5, step * warmup**-1.5)
+
+
+@pytest.mark.parametrize("d_model, warmup", [(512, 4000), (32, 200)])
+def test_warmup_schedule_matches_formula(d_model, warmup):
+    schedule = WarmupSchedule(d_model, warmup_steps=warmup)
+    for step in (1, 2, 10, warmup // 2, warmup - 1, warmup, warmup + 1, 3 * warmup, 100_000):
+        np.testing.assert_allclose(float(schedule(step)), paper_rate(step, d_model, warmup), rtol=1e-5)
+    scaled = WarmupSchedule(d_model, warmup_steps=warmup, scale=2.0)
+    np.testing.assert_allclose(float(scaled(warmup)), 2.0 * paper_rate(warmup, d_model, warmup), rtol=1e-5)
+
+
+def test_warmup_schedule_peaks_at_warmup_steps():
+    warmup = 400
+    schedule = WarmupSchedule(64, warmup_steps=warmup)
+    steps = np.arange(1, 3 * warmup + 1)
+    rates = keras.ops.convert_to_numpy(schedule(steps))
+    assert int(steps[np.argmax(rates)]) == warmup
+    assert np.all(np.diff(rates[:warmup]) > 0)  # rising during warmup
+    assert np.all(np.diff(rates[warmup:]) < 0)  # decaying after
+    np.testing.assert_allclose(rates.max(), (64 * warmup) ** -0.5, rtol=1e-5)
+
+
+def test_warmup_schedule_step_zero_is_step_one():
+    schedule = WarmupSchedule(512, warmup_steps=4000)
+    assert float(schedule(0)) == float(schedule(1)) > 0
+
+
+def test_warmup_schedule_config_round_trip():
+    schedule = WarmupSchedule(256, warmup_steps=1234, scale=0.5)
+    restored = WarmupSchedule.from_config(schedule.get_config())
+    assert restored.get_config() == {"d_model": 256, "warmup_steps": 1234, "scale": 0.5}
+    for step in (1, 100, 1234, 5000):
+        assert float(restored(step)) == float(schedule(step))
+    serialized = keras.optimizers.schedules.serialize(schedule)
+    assert float(keras.optimizers.schedules.deserialize(serialized)(77)) == float(schedule(77))
+
+
+def test_create_optimizer_uses_paper_adam_settings():
+    optimizer = create_optimizer(512, warmup_steps=4000)
+    assert isinstance(optimizer, keras.optimizers.Adam)
+    assert optimizer.beta_1 == 0.9
+    assert optimizer.beta_2 == 0.98
+    assert optimizer.epsilon == 1e-9
+    schedule = optimizer._learning_rate
+    assert isinstance(schedule, WarmupSchedule)
+    assert (schedule.d_model, schedule.warmup_steps, schedule.scale) == (512, 4000, 1.0)
+    np.testing.assert_allclose(float(optimizer.learning_rate), paper_rate(1, 512, 4000), rtol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Loss and metric.
+# --------------------------------------------------------------------------------------------------------------
+
+
+def reference_loss(labels, logits, eps, pad=0):
+    """Cross-entropy against (1 - eps) * one_hot + eps / V, averaged over non-pad labels."""
+    vocab = logits.shape[-1]
+    log_probs = np.log(numpy_softmax(logits.astype(np.float64)))
+    target = (1 - eps) * np.eye(vocab)[labels] + eps / vocab
+    per_token = -(target * log_probs).sum(-1)
+    mask = labels != pad
+    return per_token[mask].sum() / mask.sum()
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_loss_matches_numpy_reference(eps):
+    rng = np.random.default_rng(0)
+    labels = np.array([[3, 5, 1, 0, 0], [7, 2, 4, 9, 0]], "int32")
+    logits = rng.normal(scale=3.0, size=(2, 5, 11)).astype("float32")
+    loss = MaskedSparseCategoricalCrossentropy(label_smoothing=eps)
+    np.testing.assert_allclose(float(loss(labels, logits)), reference_loss(labels, logits, eps), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_loss_ignores_padding(eps):
+    rng = np.random.default_rng(1)
+    labels = np.array([[3, 5, 1, 0], [7, 2, 0, 0]], "int32")
+    logits = rng.normal(size=(2, 4, 11)).astype("float32")
+    loss = MaskedSparseCategoricalCrossentropy(label_smoothing=eps)
+    base = float(loss(labels, logits))
+    # Extra padded positions, with arbitrary (even huge) logits there.
+    more_labels = np.concatenate([labels, np.zeros((2, 3), "int32")], axis=1)
+    more_logits = np.concatenate([logits, rng.normal(scale=50.0, size=(2, 3, 11)).astype("float32")], axis=1)
+    np.testing.assert_allclose(float(loss(more_labels, more_logits)), base, atol=1e-6)
+    # Changing logits at already-padded positions changes nothing either.
+    changed = logits.copy()
+    changed[labels == 0] += 100.0
+    np.testing.assert_allclose(float(loss(labels, changed)), base, atol=1e-6)
+
+
+def test_loss_all_padding_is_zero_not_nan():
+    loss = MaskedSparseCategoricalCrossentropy(label_smoothing=0.1)
+    assert float(loss(np.zeros((2, 3), "int32"), np.ones((2, 3, 5), "float32"))) == 0.0
+
+
+def test_loss_config_round_trip_and_validation():
+    loss = MaskedSparseCategoricalCrossentropy(pad_id=1, label_smoothing=0.1)
+    restored = MaskedSparseCategoricalCrossentropy.from_config(loss.get_config())
+    assert (restored.pad_id, restored.label_smoothing) == (1, 0.1)
+    with pytest.raises(ValueError):
+        MaskedSparseCategoricalCrossentropy(label_smoothing=1.0)
+    with pytest.raises(ValueError):
+        MaskedSparseCategoricalCrossentropy(from_logits=False)
+
+
+def test_masked_accuracy_ignores_pads():
+    labels = np.array([[4, 5, 6, 0, 0], [7, 0, 0, 0, 0]], "int32")
+    predicted = np.array([[4, 9, 6, 1, 2], [7, 3, 3, 3, 3]], "int32")  # pads are "wrong" on purpose
+    metric = MaskedAccuracy()
+    metric.update_state(labels, keras.ops.one_hot(predicted, 10))
+    assert float(metric.result()) == pytest.approx(3 / 4)
+    # Accumulates across batches, counting only real tokens.
+    metric.update_state(np.array([[8, 0]], "int32"), keras.ops.one_hot(np.array([[1, 8]]), 10))
+    assert float(metric.result()) == pytest.approx(3 / 5)
+    metric.reset_state()
+    assert float(metric.result()) == 0.0
+
+
+# --------------------------------------------------------------------------------------------------------------
+# End to end: model.fit learns to reverse sequences.
+# --------------------------------------------------------------------------------------------------------------
+
+PAD, START, END = 0, 2, 3
+FIRST_TOKEN, VOCAB = 4, 20
+MIN_LEN, MAX_LEN = 3, 8
+
+
+def reversal_data(n, seed):
+    """Random sequences of 3..8 tokens; the target is the sequence reversed.
+    encoder: tokens + pad; decoder input: START + reversed + pad; labels: reversed + END + pad."""
+    rng = np.random.default_rng(seed)
+    enc = np.zeros((n, MAX_LEN), "int32")
+    dec = np.zeros((n, MAX_LEN + 1), "int32")
+    labels = np.zeros((n, MAX_LEN + 1), "int32")
+    for row, length in enumerate(rng.integers(MIN_LEN, MAX_LEN + 1, size=n)):
+        tokens = rng.integers(FIRST_TOKEN, VOCAB, size=length)
+        enc[row, :length] = tokens
+        dec[row, 0] = START
+        dec[row, 1 : length + 1] = tokens[::-1]
+        labels[row, :length] = tokens[::-1]
+        labels[row, length] = END
+    return {"encoder_inputs": enc, "decoder_inputs": dec}, labels
+
+
+def test_fit_learns_to_reverse_sequences():
+    """tiny preset, 4096 training sequences, batch 64, 10 epochs (~25 s on 2 cores).
+
+    Measured here (validation masked accuracy per epoch, three seeds): with the suggested
+    `scale=2.0` the curve oscillates (epoch 8: 0.96 / 0.96 / 0.94); with `scale=1.0` it reaches
+    0.97-0.995 at epoch 8 and >= 0.998 at epoch 10 for all three seeds, hence scale 1.0 and 10 epochs.
+    """
+    config = TransformerConfig.from_preset("tiny", src_vocab_size=VOCAB, tgt_vocab_size=VOCAB)
+    model = build_transformer(config)
+    model.compile(
+        optimizer=create_optimizer(config.d_model, warmup_steps=200, scale=1.0),
+        loss=MaskedSparseCategoricalCrossentropy(label_smoothing=0.0),
+        metrics=[MaskedAccuracy()],
+        jit_compile=True,
+    )
+    x_train, y_train = reversal_data(4096, seed=0)
+    x_val, y_val = reversal_data(512, seed=1)
+
+    before = model.evaluate(x_val, y_val, batch_size=256, verbose=0, return_dict=True)
+    start = time.perf_counter()
+    history = model.fit(x_train, y_train, batch_size=64, epochs=10, verbose=0)
+    elapsed = time.perf_counter() - start
+    after = model.evaluate(x_val, y_val, batch_size=256, verbose=0, return_dict=True)
+
+    losses = history.history["loss"]
+    assert losses[-1] < 0.5 * losses[0], losses
+    assert before["masked_accuracy"] < 0.2
+    print(f"reverse task: val masked accuracy {after['masked_accuracy']:.4f} after {elapsed:.1f} s of fit")
+    assert after["masked_accuracy"] >= 0.95, (after, elapsed)
+    # The reported accuracy really is the non-pad token accuracy of the predictions.
+    predicted = np.argmax(model.predict(x_val, batch_size=256, verbose=0), -1)
+    real = y_val != PAD
+    np.testing.assert_allclose((predicted == y_val)[real].mean(), after["masked_accuracy"], atol=1e-3)
