@@ -28,7 +28,7 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("Interrupted.", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, TypeError) as error:
+    except (ValueError, FileNotFoundError, FileExistsError, TypeError) as error:
         # Bad input: one clear line, no stack trace from deep inside TensorFlow.
         print(f"error: {error}", file=sys.stderr)
         return 2
@@ -57,10 +57,10 @@ def build_parser():
     for name, kind, text in (
         ("time-limit", float, "training wall-clock budget in minutes, counted across restarts (default 25)"),
         ("epochs", int, "maximum number of epochs (default 100)"),
-        ("steps-per-epoch", int, "steps between dev-BLEU evaluations and backups (default 1000)"),
+        ("steps-per-epoch", int, "steps between dev-BLEU evaluations and backups (default 500)"),
         ("max-length", int, "longest tokenized sentence kept (default 64)"),
         ("tokens-per-batch", int, "batch size in tokens (default 4096)"),
-        ("warmup-steps", int, "learning-rate warmup steps (default 4000)"),
+        ("warmup-steps", int, "learning-rate warmup steps (default 1000)"),
         ("lr-scale", float, "constant factor on the paper's learning rate (default 1.0)"),
         ("source-vocab-size", int, "source SentencePiece vocabulary size (default 8000)"),
         ("target-vocab-size", int, "target SentencePiece vocabulary size (default 8000)"),
@@ -70,8 +70,14 @@ def build_parser():
     ):
         train.add_argument(f"--{name}", type=kind, help=text)
     train.add_argument("--precision", choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"], help="numeric precision (default auto)")
-    train.add_argument("--no-jit", action="store_true", help="do not XLA-compile the train step")
+    train.add_argument("--jit", action="store_true", help="XLA-compile the train step (off by default: slower on CPU)")
     train.add_argument("--no-evaluate", action="store_true", help="skip the test-set evaluation and sample translations")
+    train.add_argument(
+        "--strategy", choices=["default", "mirrored", "multi_worker", "tpu"], default="default",
+        help="tf.distribute strategy: default (one device), mirrored (all local GPUs), multi_worker (machines "
+        "listed in TF_CONFIG), tpu (--tpu address); --tokens-per-batch is the global batch",
+    )
+    train.add_argument("--tpu", default=None, help="TPU name or grpc:// address for --strategy tpu (default: from the environment)")
     train.set_defaults(func=cmd_train)
 
     evaluate = commands.add_parser("evaluate", help="BLEU and chrF of a trained model on a parallel file or a bundled split")
@@ -83,15 +89,43 @@ def build_parser():
 
     translate = commands.add_parser("translate", help="translate sentences given as arguments, in a file, or on stdin")
     translate.add_argument("text", nargs="*", help="sentences to translate (none: read --file or stdin, one per line)")
-    translate.add_argument("--model", required=True, help="run directory (saved_models/<run-name>)")
+    translate.add_argument("--model", required=True, help="run directory (saved_models/<run-name>), SavedModel export, or .tflite file")
     translate.add_argument("--file", help="file with one sentence per line")
-    translate.add_argument("--strategy", choices=["greedy", "sample"], default="greedy")
+    translate.add_argument("--strategy", choices=["greedy", "beam", "sample"], default="greedy")
+    translate.add_argument("--beam-size", type=int, default=1, help="beam width (> 1 means beam search)")
+    translate.add_argument("--alpha", type=float, default=0.6, help="beam search length penalty (GNMT alpha)")
     translate.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
     translate.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0 = all)")
     translate.add_argument("--top-p", type=float, default=1.0, help="sample within the top-p probability mass")
     translate.add_argument("--seed", type=int, default=0, help="sampling seed")
     translate.add_argument("--batch-size", type=int, default=64)
     translate.set_defaults(func=cmd_translate)
+
+    export = commands.add_parser(
+        "export",
+        help="export a trained model as a SavedModel (TF Serving layout) or a TFLite model",
+        description="saved_model: <out>/<model-name>/<version>/ with a strings-in/strings-out signature "
+        "(serving_default) and an ids-in/ids-out one (translate_ids). tflite: <out>/<model-name>.tflite with the "
+        "greedy decode loop inside, plus the tokenizers beside it.",
+    )
+    export.add_argument("--model", required=True, help="run directory (saved_models/<run-name>)")
+    export.add_argument("--format", required=True, choices=["saved_model", "tflite"])
+    export.add_argument("--out", default="exports", help="export directory (default: exports)")
+    export.add_argument("--model-name", default="translator", help="model name (TF Serving's MODEL_NAME; default translator)")
+    export.add_argument("--version", type=int, help="SavedModel version number (default: next free one)")
+    export.add_argument("--quantize", choices=["none", "float16", "dynamic"], default="none", help="TFLite weights (default none)")
+    export.set_defaults(func=cmd_export)
+
+    average = commands.add_parser(
+        "average",
+        help="average the weights of a run's last N epoch checkpoints (paper, section 6.1)",
+        description="Writes <model>/averaged.keras (or --out) with the element-wise mean of the last N checkpoints in "
+        "<model>/checkpoints/, and prints its dev BLEU next to the best model's unless --no-evaluate.",
+    )
+    average.add_argument("--model", required=True, help="run directory (saved_models/<run-name>)")
+    average.add_argument("--last", type=int, default=5, help="how many of the newest checkpoints to average (default 5)")
+    average.add_argument("--out", help="output .keras path (default <model>/averaged.keras)")
+    average.set_defaults(func=cmd_average)
 
     plot = commands.add_parser("plot", help="write PNG plots: attention heatmaps, positional encoding, schedule, curves")
     plot.add_argument("what", choices=["attention", "positional-encoding", "schedule", "curves", "all"])
@@ -184,8 +218,8 @@ def settings_from_args(args):
         "precision": args.precision,
     }
     values.update({k: v for k, v in flags.items() if v is not None})
-    if args.no_jit:
-        values["jit_compile"] = False
+    if args.jit:
+        values["jit_compile"] = True
     if args.set:
         values["model_overrides"] = {**values.get("model_overrides", {}), **_parse_overrides(args.set)}
     return TrainingConfig.from_dict(values)
@@ -198,8 +232,13 @@ def cmd_train(args):
     run_dir = Path(args.runs_dir) / (args.run_name or DEFAULT_RUN_NAME)
     train_corpus = _load_corpus(args.train, "train", args)
     dev_corpus = _load_corpus(args.dev, "dev", args)
+    strategy = None
+    if args.strategy != "default":
+        from keras_transformer.distribute import get_strategy
+
+        strategy = get_strategy(args.strategy, tpu=args.tpu)
     print(f"Training on {len(train_corpus):,} pairs, selecting on {len(dev_corpus):,} dev pairs; run directory {run_dir}")
-    report = train(settings, run_dir, train_corpus, dev_corpus)
+    report = train(settings, run_dir, train_corpus, dev_corpus, strategy=strategy)
     print(f"Trained {report['steps']} steps in {report['training_seconds'] / 60:.1f} min; best dev BLEU {report['best_dev_bleu']}.")
     if args.no_evaluate:
         return 0
@@ -253,15 +292,47 @@ def _read_sentences(args):
 
 
 def cmd_translate(args):
-    from keras_transformer.translator import Translator
+    from keras_transformer.translator import Translator, load_translator
 
     sentences = _read_sentences(args)
-    translator = Translator.load(args.model)
-    options = {}
-    if args.strategy == "sample":
-        options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
-    for output in translator.translate(sentences, strategy=args.strategy, batch_size=args.batch_size, **options):
+    translator = load_translator(args.model)
+    if not isinstance(translator, Translator):  # exported artefacts decode greedily
+        if args.strategy != "greedy" or args.beam_size > 1:
+            raise ValueError("Exported models (SavedModel, TFLite) decode greedily: use a run directory for beam search or sampling.")
+        outputs = translator.translate(sentences)
+    else:
+        options = {}
+        if args.strategy == "sample":
+            options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+        elif args.beam_size > 1 or args.strategy == "beam":
+            options = dict(beam_size=args.beam_size, alpha=args.alpha)
+        outputs = translator.translate(sentences, strategy=args.strategy, batch_size=args.batch_size, **options)
+    for output in outputs:
         print(output)
+    return 0
+
+
+def cmd_export(args):
+    from keras_transformer.translator import Translator
+
+    translator = Translator.load(args.model)
+    if args.format == "saved_model":
+        from keras_transformer.export.saved_model import export_saved_model
+
+        path = export_saved_model(translator, args.out, args.model_name, args.version)
+    else:
+        from keras_transformer.export.tflite import export_tflite
+
+        path = export_tflite(translator, Path(args.out) / f"{args.model_name}.tflite", quantize=args.quantize)
+    print(f"Exported {path}")
+    return 0
+
+
+def cmd_average(args):
+    from keras_transformer.averaging import average_checkpoints
+
+    path = average_checkpoints(args.model, last=args.last, out=args.out)
+    print(f"Wrote {path}")
     return 0
 
 

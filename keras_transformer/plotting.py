@@ -27,8 +27,7 @@ from matplotlib import font_manager
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-# Special ids shared by the tokenizers of this package.
-PAD_ID, UNK_ID, START_ID, END_ID = 0, 1, 2, 3
+from keras_transformer.data.special_ids import END_ID, PAD_ID, START_ID, UNK_ID  # noqa: F401
 
 KOREAN_FONT_NAME = "NanumGothic"
 # NanumGothic first (Hangul and Latin); DejaVu Sans (matplotlib's own font) for what NanumGothic lacks,

@@ -5,6 +5,7 @@ Everything of one run lives in one directory (`saved_models/<run-name>/`):
     config.json          model config + training settings (a restart must match it)
     source.model/.vocab  target.model/.vocab   SentencePiece tokenizers
     backup/              BackupAndRestore checkpoint: weights, optimizer state, epoch (for resuming)
+    checkpoints/         the weights after each of the last `keep_checkpoints` epochs (for averaging)
     model.keras          the best model so far by dev BLEU (what `Translator.load` reads)
     history.json         per-epoch loss, accuracy, dev BLEU, learning rate, wall time
     logs/                TensorBoard logs
@@ -45,17 +46,20 @@ class TrainingConfig:
         source_vocab_size, target_vocab_size: SentencePiece vocabulary sizes learned from the training text.
         max_length: longest tokenized sentence kept (longer pairs are filtered out and counted).
         tokens_per_batch: batch size in tokens; bucketing by length makes batches of similar length.
-        warmup_steps, lr_scale: the paper's schedule, `lr_scale * d_model^-0.5 * min(...)`.
+        warmup_steps, lr_scale: the paper's schedule, `lr_scale * d_model^-0.5 * min(...)`. The paper warms up
+            for 4000 steps of a 100k-step run; the default 1000 suits the ~2000 steps of a 25-minute CPU run.
         label_smoothing: 0.1 in the paper.
         precision: `auto` (bfloat16 where the CPU has AMX/AVX512-BF16 or on a GPU, else float32),
             `float32`, `mixed_bfloat16` or `mixed_float16`.
-        jit_compile: XLA-compile the train step.
+        jit_compile: XLA-compile the train step. Off by default: on this CPU, XLA gave no speedup in float32
+            and lost the bfloat16 (AMX) speedup that TensorFlow's oneDNN kernels give (see README, Performance).
         steps_per_epoch: the training data is repeated; an "epoch" is this many steps (dev BLEU, backup and
             best-model selection happen at its end).
         epochs: maximum number of such epochs.
         time_limit_minutes: stop after this much training wall time (counted across restarts); None = no limit.
         dev_bleu_sentences: how many dev sentences the per-epoch BLEU uses (0 = skip dev BLEU).
         train_limit: use only the first N training pairs (for quick runs); None = all.
+        keep_checkpoints: how many per-epoch weight checkpoints to keep in `checkpoints/` (for averaging).
         seed: seeds shuffling, initialisation and tokenizer training.
     """
 
@@ -65,16 +69,17 @@ class TrainingConfig:
     target_vocab_size: int = 8000
     max_length: int = 64
     tokens_per_batch: int = 4096
-    warmup_steps: int = 4000
+    warmup_steps: int = 1000
     lr_scale: float = 1.0
     label_smoothing: float = 0.1
     precision: str = "auto"
-    jit_compile: bool = True
-    steps_per_epoch: int = 1000
+    jit_compile: bool = False
+    steps_per_epoch: int = 500
     epochs: int = 100
     time_limit_minutes: Optional[float] = 25.0
     dev_bleu_sentences: int = 500
     train_limit: Optional[int] = None
+    keep_checkpoints: int = 5
     seed: int = 0
 
     def __post_init__(self):
@@ -135,11 +140,17 @@ class RunDirectoryError(ValueError):
     """The run directory holds a different run (other config or vocabulary)."""
 
 
-def train(settings: TrainingConfig, run_dir, train_corpus, dev_corpus, verbose=None, extra_callbacks=()):
+def train(settings: TrainingConfig, run_dir, train_corpus, dev_corpus, verbose=None, extra_callbacks=(), strategy=None):
     """Trains a model on `train_corpus` (a `ParallelCorpus`), selecting by BLEU on `dev_corpus`, in `run_dir`.
+
+    `strategy`: a `tf.distribute.Strategy` (see `keras_transformer.distribute.get_strategy`); the model, optimizer,
+    schedule and metrics are created under its scope and `model.fit` distributes the dataset. `tokens_per_batch` is
+    the GLOBAL batch: each of the N replicas gets about 1/N of every batch.
 
     Returns a dict with the run's report (also written to `train_report.json`)."""
     import tensorflow as tf
+
+    strategy = strategy or tf.distribute.get_strategy()
 
     from keras_transformer.data.pipeline import make_dataset
     from keras_transformer.data.tokenizer import SubwordTokenizer
@@ -186,20 +197,26 @@ def train(settings: TrainingConfig, run_dir, train_corpus, dev_corpus, verbose=N
     previous_policy = keras.mixed_precision.dtype_policy()
     keras.mixed_precision.set_dtype_policy(precision)
     try:
-        model = build_transformer(config)
+        with strategy.scope():
+            model = build_transformer(config)
+            model.compile(
+                optimizer=create_optimizer(config.d_model, settings.warmup_steps, settings.lr_scale),
+                loss=MaskedSparseCategoricalCrossentropy(pad_id=config.pad_id, label_smoothing=settings.label_smoothing),
+                metrics=[MaskedAccuracy(pad_id=config.pad_id)],
+                jit_compile=settings.jit_compile,
+            )
+            # Build weights and optimizer slots before BackupAndRestore loads into them.
+            example = {"encoder_inputs": np.ones((1, 4), "int32"), "decoder_inputs": np.ones((1, 4), "int32")}
+            model(example)
+            model.optimizer.build(model.trainable_variables)
     finally:
         keras.mixed_precision.set_dtype_policy(previous_policy)
-    model.compile(
-        optimizer=create_optimizer(config.d_model, settings.warmup_steps, settings.lr_scale),
-        loss=MaskedSparseCategoricalCrossentropy(pad_id=config.pad_id, label_smoothing=settings.label_smoothing),
-        metrics=[MaskedAccuracy(pad_id=config.pad_id)],
-        jit_compile=settings.jit_compile,
+    replicas = strategy.num_replicas_in_sync
+    print(
+        f"Model: preset {settings.preset}, {model.count_params():,} parameters, precision {precision}; "
+        f"{replicas} replica(s) ({type(strategy).__name__}), global batch {settings.tokens_per_batch} tokens "
+        f"(about {settings.tokens_per_batch // replicas} per replica)."
     )
-    # Build weights and optimizer slots before BackupAndRestore loads into them.
-    example = {"encoder_inputs": np.ones((1, 4), "int32"), "decoder_inputs": np.ones((1, 4), "int32")}
-    model(example)
-    model.optimizer.build(model.trainable_variables)
-    print(f"Model: preset {settings.preset}, {model.count_params():,} parameters, precision {precision}.")
 
     translator = Translator(model, config, tokenizers["source"], tokenizers["target"])
     dev = dev_corpus.head(settings.dev_bleu_sentences) if settings.dev_bleu_sentences else None
@@ -208,6 +225,7 @@ def train(settings: TrainingConfig, run_dir, train_corpus, dev_corpus, verbose=N
         keras.callbacks.BackupAndRestore(str(run_dir / "backup"), save_freq="epoch", double_checkpoint=True, delete_checkpoint=False),
         keras.callbacks.TensorBoard(str(run_dir / "logs"), update_freq=100, write_graph=False),
         DevBleuCheckpoint(translator, dev, run_dir / "model.keras"),
+        EpochCheckpoints(run_dir / "checkpoints", keep=settings.keep_checkpoints),
         progress,
         *extra_callbacks,
     ]
@@ -232,11 +250,18 @@ def train(settings: TrainingConfig, run_dir, train_corpus, dev_corpus, verbose=N
     return report
 
 
+# Settings that only say how long to train or how often to look: a restart may change them.
+BUDGET_SETTINGS = ("epochs", "time_limit_minutes", "dev_bleu_sentences", "keep_checkpoints")
+
+
 def _write_or_check_run_config(run_dir, config, settings, precision):
     path = run_dir / "config.json"
     wanted = {"model": config.to_dict(), "training": settings.to_dict(), "precision": precision}
     if path.exists():
         found = json.loads(path.read_text())
+        for values in (found.get("training", {}), wanted["training"]):
+            for key in BUDGET_SETTINGS:
+                values.pop(key, None)
         if found != wanted:
             changed = sorted(
                 f"{section}.{key}"
@@ -337,3 +362,25 @@ class TrainingProgress(keras.callbacks.Callback):
         tmp = self.run_dir / "history.json.tmp"
         tmp.write_text(json.dumps(history, indent=1))
         os.replace(tmp, self.run_dir / "history.json")
+
+
+class EpochCheckpoints(keras.callbacks.Callback):
+    """Saves the model weights (not the optimizer state) after every epoch as `epoch-NNNN.npz`, in
+    `model.get_weights()` order, and keeps the newest `keep`, so that the last checkpoints can be averaged
+    (paper, section 6.1; `keras_transformer.averaging`)."""
+
+    def __init__(self, directory, keep=5):
+        super().__init__()
+        self.directory = Path(directory)
+        self.keep = int(keep)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self.keep <= 0:
+            return
+        self.directory.mkdir(parents=True, exist_ok=True)
+        path = self.directory / f"epoch-{epoch + 1:04d}.npz"
+        tmp = self.directory / f".epoch-{epoch + 1:04d}.tmp.npz"
+        np.savez(tmp, *self.model.get_weights())
+        os.replace(tmp, path)
+        for old in sorted(self.directory.glob("epoch-*.npz"))[: -self.keep]:
+            old.unlink()

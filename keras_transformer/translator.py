@@ -159,3 +159,24 @@ def pad_batch(sequences, multiple=8, max_length=None, pad_id=PAD_ID):
     for row, ids in zip(batch, sequences):
         row[: len(ids)] = ids
     return batch
+
+
+def load_translator(path):
+    """Any of the three artefacts, by what `path` is: a `.tflite` file (run by ai_edge_litert), a SavedModel
+    (a version directory or a TF Serving model directory), or a run directory with `model.keras`. All three have
+    `translate(texts)`, and greedy output is the same from each."""
+    path = Path(path)
+    if path.suffix == ".tflite":
+        from keras_transformer.export.tflite import TFLiteTranslator
+
+        return TFLiteTranslator.load(path)
+    if path.is_dir() and not (path / "model.keras").exists():
+        from keras_transformer.export.saved_model import SavedModelTranslator, resolve_version_dir
+
+        try:
+            resolve_version_dir(path)
+        except FileNotFoundError:
+            pass
+        else:
+            return SavedModelTranslator.load(path)
+    return Translator.load(path)

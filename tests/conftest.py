@@ -64,3 +64,21 @@ def numpy_softmax(x, axis=-1):
     x = x - x.max(axis=axis, keepdims=True)
     e = np.exp(x)
     return e / e.sum(axis=axis, keepdims=True)
+
+
+@pytest.fixture(scope="session")
+def tiny_run_dir(tmp_path_factory):
+    """A tiny translator trained for a few seconds on 3,000 bundled pairs (run directory with tokenizers and
+    model.keras). Its outputs are poor but not empty, which is what equality tests of exports need. (lr_scale 0.1:
+    the paper's formula gives d_model=32 a learning rate ten times too high, which makes it emit only END.)"""
+    from keras_transformer.data import load_bundled_corpus
+    from keras_transformer.training import TrainingConfig, train
+
+    run_dir = tmp_path_factory.mktemp("tiny_run")
+    settings = TrainingConfig(
+        preset="tiny", train_limit=3000, source_vocab_size=1500, target_vocab_size=1000, steps_per_epoch=100,
+        epochs=2, warmup_steps=40, lr_scale=0.1, tokens_per_batch=1024, dev_bleu_sentences=0, time_limit_minutes=None,
+        max_length=32, precision="float32",
+    )
+    train(settings, run_dir, load_bundled_corpus("train"), load_bundled_corpus("dev"), verbose=0)
+    return run_dir

@@ -1,0 +1,86 @@
+"""Decoding: the key/value cache changes nothing but speed; beam search and sampling behave."""
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from keras_transformer.data import END_ID, PAD_ID, load_bundled_corpus
+from keras_transformer.decoding import beam_search, greedy_search, length_penalty, sample
+from keras_transformer.translator import Translator, pad_batch
+
+
+@pytest.fixture(scope="module")
+def translator(tiny_run_dir):
+    return Translator.load(tiny_run_dir)
+
+
+@pytest.fixture(scope="module")
+def sources():
+    return load_bundled_corpus("dev").sources[:24]
+
+
+def test_cached_greedy_equals_full_recomputation_on_a_trained_model(translator, sources):
+    # A batch of sources of mixed lengths (4 to 20+ tokens), padded together.
+    encoder_ids = pad_batch(translator.encode_sources(sources), max_length=translator.config.max_length)
+    lengths = (encoder_ids != PAD_ID).sum(1)
+    assert lengths.min() < lengths.max() / 2
+    cached, cached_scores = translator.translate_ids(encoder_ids, "greedy", use_cache=True)
+    full, full_scores = translator.translate_ids(encoder_ids, "greedy", use_cache=False)
+    np.testing.assert_array_equal(cached, full)
+    np.testing.assert_allclose(cached_scores, full_scores, atol=1e-3)
+    assert ((cached != PAD_ID) & (cached != END_ID)).sum() > len(sources)  # real tokens, not only END
+
+
+def test_every_sequence_stops_at_its_own_end(translator, sources):
+    encoder_ids = pad_batch(translator.encode_sources(sources), max_length=translator.config.max_length)
+    ids, _ = translator.translate_ids(encoder_ids, "greedy")
+    for row in ids:
+        ends = np.flatnonzero(row == END_ID)
+        if len(ends):
+            assert np.all(row[ends[0] + 1 :] == PAD_ID)
+
+
+def test_beam_search_of_width_one_is_greedy_and_nbest_is_sorted(translator, sources):
+    encoder_ids = pad_batch(translator.encode_sources(sources[:8]), max_length=translator.config.max_length)
+    greedy, _ = translator.translate_ids(encoder_ids, "greedy")
+    beam1, _ = translator.translate_ids(encoder_ids, "beam", beam_size=1, alpha=0.0)
+    np.testing.assert_array_equal(beam1[:, 0], greedy)
+    nbest = translator.translate_nbest(sources[:8], beam_size=4, alpha=0.6)
+    for hypotheses in nbest:
+        assert len(hypotheses) == 4
+        scores = [score for _, score in hypotheses]
+        assert scores == sorted(scores, reverse=True)
+
+
+def test_beam_search_finds_at_least_as_likely_translations_as_greedy(translator, sources):
+    encoder_ids = pad_batch(translator.encode_sources(sources[:8]), max_length=translator.config.max_length)
+    _, greedy_scores = translator.translate_ids(encoder_ids, "greedy")
+    _, beam_scores = translator.translate_ids(encoder_ids, "beam", beam_size=4, alpha=0.0)
+    assert np.all(beam_scores[:, 0] >= greedy_scores - 1e-4)
+
+
+def test_length_penalty_is_gnmt():
+    assert float(length_penalty(1, 0.0)) == 1.0
+    assert float(length_penalty(7, 1.0)) == pytest.approx(2.0)
+
+
+def test_sampling_is_seeded_and_top_k_one_is_greedy(translator, sources):
+    a = translator.translate(sources[:6], strategy="sample", seed=3, temperature=1.5)
+    b = translator.translate(sources[:6], strategy="sample", seed=3, temperature=1.5)
+    c = translator.translate(sources[:6], strategy="sample", seed=4, temperature=1.5)
+    assert a == b and a != c
+    assert translator.translate(sources[:6], strategy="sample", top_k=1, seed=9) == translator.translate(sources[:6])
+
+
+@pytest.mark.parametrize("options, message", [({"temperature": 0}, "temperature"), ({"top_p": 1.5}, "top_p"), ({"top_k": -1}, "top_k")])
+def test_bad_sampling_options(translator, options, message):
+    with pytest.raises(ValueError, match=message):
+        translator.translate(["설정"], strategy="sample", **options)
+
+
+def test_translator_rejects_bad_input(translator):
+    with pytest.raises(TypeError):
+        translator.translate([1, 2])
+    with pytest.raises(ValueError, match="strategy"):
+        translator.translate(["설정"], strategy="magic")
+    assert translator.translate([]) == []

@@ -1,0 +1,124 @@
+"""Exports give the same outputs as the Keras model: SavedModel in a fresh process, TFLite in ai_edge_litert."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from keras_transformer.data import load_bundled_corpus
+from keras_transformer.evaluation import corpus_scores
+from keras_transformer.export.saved_model import export_saved_model, next_version
+from keras_transformer.export.tflite import TFLiteTranslator, export_tflite
+from keras_transformer.translator import Translator, load_translator
+
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+
+
+@pytest.fixture(scope="module")
+def translator(tiny_run_dir):
+    return Translator.load(tiny_run_dir)
+
+
+@pytest.fixture(scope="module")
+def dev_sources():
+    return load_bundled_corpus("dev").sources[:50]
+
+
+@pytest.fixture(scope="module")
+def saved_model_dir(translator, tmp_path_factory):
+    return export_saved_model(translator, tmp_path_factory.mktemp("exports"), "translator")
+
+
+def test_saved_model_layout_and_versions(saved_model_dir):
+    assert saved_model_dir.name == "1" and saved_model_dir.parent.name == "translator"
+    assert {"saved_model.pb", "variables", "assets"} <= {p.name for p in saved_model_dir.iterdir()}
+    assert {"source.model", "target.model", "source.vocab", "target.vocab"} <= {p.name for p in (saved_model_dir / "assets").iterdir()}
+    assert next_version(saved_model_dir.parent) == 2
+    assert not [p for p in saved_model_dir.parent.iterdir() if p.name.startswith(".")]  # no staging left over
+
+
+FRESH_PROCESS = textwrap.dedent(
+    """
+    import json, sys
+    import tensorflow as tf
+    import tensorflow_text  # registers the SentencePiece op; nothing of keras_transformer is imported
+    loaded = tf.saved_model.load(sys.argv[1])
+    sources = json.loads(sys.stdin.read())
+    text = loaded.signatures["serving_default"](inputs=tf.constant(sources["texts"]))
+    ids = loaded.signatures["translate_ids"](encoder_inputs=tf.constant(sources["ids"], tf.int32))
+    print(json.dumps({
+        "translations": [t.decode("utf-8") for t in text["translations"].numpy()],
+        "scores": text["scores"].numpy().tolist(),
+        "output_ids": ids["output_ids"].numpy().tolist(),
+        "imported_keras_transformer": any(m.startswith("keras_transformer") for m in sys.modules),
+    }))
+    """
+)
+
+
+def test_saved_model_in_a_fresh_process_matches_the_keras_translator(translator, saved_model_dir, dev_sources):
+    texts = dev_sources[:20]
+    ids = translator.encode_sources(texts[:4])
+    width = max(map(len, ids))
+    ids = [row + [0] * (width - len(row)) for row in ids]
+    out = subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(saved_model_dir)], input=json.dumps({"texts": texts, "ids": ids}),
+                         capture_output=True, text=True, env=ENV, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert not result["imported_keras_transformer"]
+    expected, scores = translator.translate(texts, return_scores=True)
+    assert result["translations"] == expected
+    assert any(expected)  # not a vacuous comparison of empty strings
+    np.testing.assert_allclose(result["scores"], scores, atol=1e-3)
+    keras_ids, _ = translator.translate_ids(np.array(ids, np.int32))
+    np.testing.assert_array_equal(np.array(result["output_ids"]), keras_ids)
+
+
+def test_export_refuses_an_existing_version(translator, saved_model_dir):
+    with pytest.raises(FileExistsError):
+        export_saved_model(translator, saved_model_dir.parent.parent, "translator", version=1)
+
+
+@pytest.fixture(scope="module")
+def tflite_models(translator, tmp_path_factory):
+    directory = tmp_path_factory.mktemp("tflite")
+    return {q: export_tflite(translator, directory / q / "model.tflite", quantize=q) for q in ("none", "float16", "dynamic")}
+
+
+def test_tflite_float32_translations_equal_keras_greedy(translator, tflite_models, dev_sources):
+    runner = TFLiteTranslator.load(tflite_models["none"])
+    expected = translator.translate(dev_sources)
+    assert runner.translate(dev_sources) == expected
+    assert sum(bool(e) for e in expected) > 25
+
+
+def test_quantized_tflite_models_stay_close_and_finite(translator, tflite_models, dev_sources):
+    reference = TFLiteTranslator.load(tflite_models["none"]).translate(dev_sources)
+    sizes = {q: path.stat().st_size for q, path in tflite_models.items()}
+    for quantize, min_agreement in (("float16", 90.0), ("dynamic", 40.0)):
+        runner = TFLiteTranslator.load(tflite_models[quantize])
+        outputs = runner.translate(dev_sources)
+        # BLEU of the quantized outputs against the float32 outputs: 100 = identical.
+        agreement = corpus_scores(outputs, reference)["bleu"]
+        assert agreement >= min_agreement, (quantize, agreement)
+        for source in dev_sources[:10]:
+            _, score = runner.translate_ids(translator.encode_sources([source])[0], return_scores=True)
+            assert np.isfinite(score)
+    assert sizes["float16"] < 0.6 * sizes["none"]
+    assert sizes["dynamic"] < 0.45 * sizes["none"]
+
+
+def test_one_translate_command_for_all_three_artefacts(tiny_run_dir, saved_model_dir, tflite_models):
+    sentences = ["설정", "파일을 열 수 없습니다", "어제 카페 갔었어 거기 사람 많더라"]
+    outputs = {}
+    for name, path in (("keras", tiny_run_dir), ("saved_model", saved_model_dir.parent), ("tflite", tflite_models["none"])):
+        out = subprocess.run([sys.executable, "-m", "keras_transformer", "translate", "--model", str(path), *sentences],
+                             capture_output=True, text=True, env=ENV, timeout=300)
+        assert out.returncode == 0, out.stderr[-2000:]
+        outputs[name] = out.stdout
+    assert outputs["keras"] == outputs["saved_model"] == outputs["tflite"]
+    assert load_translator(tflite_models["none"]).translate(sentences) == outputs["keras"].splitlines()

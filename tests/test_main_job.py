@@ -1,0 +1,166 @@
+"""The main job end to end through the command line, at a tiny scale: train, resume after a kill, evaluate,
+translate, plot; and the errors a user meets with bad input."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
+TINY_RUN = [
+    "--preset", "tiny", "--train-limit", "3000", "--source-vocab-size", "1500", "--target-vocab-size", "1000",
+    "--steps-per-epoch", "15", "--dev-bleu-sentences", "40", "--warmup-steps", "30", "--lr-scale", "0.1",
+    "--tokens-per-batch", "1024",
+    "--time-limit", "10",
+]
+
+
+def cli(*args, cwd=None, timeout=300, stdin=None):
+    return subprocess.run(
+        [sys.executable, "-m", "keras_transformer", *args],
+        capture_output=True, text=True, env=ENV, cwd=cwd, timeout=timeout, input=stdin,
+    )
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    """A tiny run of 2 epochs, killed during its 2nd epoch and resumed with the same command to 3 epochs."""
+    runs = tmp_path_factory.mktemp("runs")
+    command = [sys.executable, "-m", "keras_transformer", "train", "--runs-dir", str(runs), "--run-name", "tiny",
+               "--no-evaluate", *TINY_RUN]
+    history = runs / "tiny" / "history.json"
+    process = subprocess.Popen(command + ["--epochs", "3"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=ENV, text=True)
+    try:
+        deadline = time.time() + 240
+        while time.time() < deadline and not history.exists():
+            time.sleep(0.5)
+        assert history.exists(), "the first epoch never finished"
+        time.sleep(1.0)  # well inside epoch 2
+        process.send_signal(signal.SIGKILL)
+    finally:
+        process.wait(timeout=60)
+    killed_history = json.loads(history.read_text())
+    resumed = subprocess.run(command + ["--epochs", "3"], capture_output=True, text=True, env=ENV, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    return runs / "tiny", killed_history, resumed
+
+
+def test_help_is_fast_and_does_not_import_tensorflow():
+    started = time.time()
+    out = subprocess.run([sys.executable, "-m", "keras_transformer", "train", "--help"], capture_output=True, text=True, env=ENV)
+    assert out.returncode == 0 and "--time-limit" in out.stdout
+    assert time.time() - started < 5
+    probe = "import sys; from keras_transformer import cli; cli.build_parser(); print('tensorflow' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip() == "False"
+
+
+def test_resume_after_kill_continues_with_the_right_step_count(trained_run):
+    run_dir, killed_history, resumed = trained_run
+    history = json.loads((run_dir / "history.json").read_text())
+    assert [h["epoch"] for h in killed_history] == [1]
+    assert [h["epoch"] for h in history] == [1, 2, 3]
+    assert [h["step"] for h in history] == [15, 30, 45]  # the optimizer's step counter survived the kill
+    assert history[0] == killed_history[0]  # the finished epoch was not redone
+    assert history[-1]["loss"] < history[0]["loss"]
+    for name in ("config.json", "source.model", "target.model", "model.keras", "backup", "logs"):
+        assert (run_dir / name).exists(), name
+
+
+def test_restart_with_different_settings_is_refused_without_writing(trained_run):
+    run_dir = trained_run[0]
+    before = sorted(p.name for p in run_dir.iterdir())
+    config_before = (run_dir / "config.json").read_text()
+    out = cli("train", "--runs-dir", str(run_dir.parent), "--run-name", run_dir.name, "--no-evaluate",
+              *TINY_RUN[:-2], "--time-limit", "10", "--set", "num_layers=3")
+    assert out.returncode == 2
+    assert "different settings" in out.stderr and "model.num_layers" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert sorted(p.name for p in run_dir.iterdir()) == before
+    assert (run_dir / "config.json").read_text() == config_before
+
+
+def test_evaluate_translate_and_plot(trained_run, tmp_path):
+    run_dir = trained_run[0]
+    out = cli("evaluate", "--model", str(run_dir), "--split", "dev", "--out", str(tmp_path / "eval"))
+    assert out.returncode == 0, out.stderr
+    report = json.loads((tmp_path / "eval" / "report.json").read_text())
+    assert report["sentences"] == 1000 and 0.0 <= report["bleu"] <= 100.0 and "chrf" in report
+    assert len((tmp_path / "eval" / "hypotheses.txt").read_text(encoding="utf-8").splitlines()) == 1000
+
+    from_args = cli("translate", "--model", str(run_dir), "설정", "파일을 열 수 없습니다")
+    assert from_args.returncode == 0, from_args.stderr
+    assert len(from_args.stdout.splitlines()) == 2
+    from_stdin = cli("translate", "--model", str(run_dir), stdin="설정\n\n파일을 열 수 없습니다\n")
+    assert from_stdin.stdout == from_args.stdout  # blank lines are skipped, same translations
+    source_file = tmp_path / "sources.txt"
+    source_file.write_text("설정\n파일을 열 수 없습니다\n", encoding="utf-8")
+    assert cli("translate", "--model", str(run_dir), "--file", str(source_file)).stdout == from_args.stdout
+
+    plots = cli("plot", "all", "--model", str(run_dir), "--out", str(tmp_path / "plots"))
+    assert plots.returncode == 0, plots.stderr
+    names = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
+    assert {"positional_encoding.png", "learning_rate.png", "training_curves.png"} <= set(names)
+    assert any(name.startswith("cross_attention") for name in names)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "does not exist"),
+        (b"", "empty"),
+        (b"hello\tworld\n\xff\xfe broken\tline\n", "line 2"),
+    ],
+    ids=["missing", "empty", "not-utf8"],
+)
+def test_bad_training_file_gives_a_clear_error_and_no_output(tmp_path, content, message):
+    data = tmp_path / "pairs.tsv"
+    if content is not None:
+        data.write_bytes(content)
+    runs = tmp_path / "runs"
+    out = cli("train", "--runs-dir", str(runs), "--train", str(data), *TINY_RUN)
+    assert out.returncode == 2
+    assert message in out.stderr.lower() or message in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not runs.exists()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--preset", "huge"], "Unknown preset"),
+        (["--tokens-per-batch", "0"], "tokens_per_batch"),
+        (["--set", "num_heads=5"], "num_heads=5 must divide"),
+        (["--precision", "float8"], "invalid choice"),
+    ],
+)
+def test_out_of_range_settings_are_refused_before_any_work(tmp_path, args, message):
+    out = cli("train", "--runs-dir", str(tmp_path / "runs"), *args)
+    assert out.returncode == 2
+    assert message in out.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_malformed_lines_are_skipped_with_a_warning_or_refused_with_strict(tmp_path):
+    from keras_transformer.data import CorpusError, read_parallel_file
+
+    data = tmp_path / "pairs.tsv"
+    data.write_text("a\tb\nno tab here\nc\t\nd\te\n", encoding="utf-8")
+    with pytest.warns(UserWarning, match="2"):
+        corpus = read_parallel_file(data)
+    assert corpus.sources == ["a", "d"] and corpus.skipped == 2
+    with pytest.raises(CorpusError, match="line 2"):
+        read_parallel_file(data, strict=True)
+
+
+def test_scripts_train_quick_runs_through_the_python_api(tmp_path):
+    script = Path(__file__).resolve().parents[1] / "scripts" / "train.py"
+    out = subprocess.run([sys.executable, str(script), "--quick", "--run-dir", str(tmp_path / "api")],
+                         capture_output=True, text=True, env=ENV, timeout=400)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "test BLEU" in out.stdout and "어제 카페 갔었어 거기 사람 많더라 ->" in out.stdout
+    assert (tmp_path / "api" / "eval-test" / "report.json").exists()
