@@ -19,7 +19,7 @@ _EXPORTS = {
     "create_optimizer": "keras_transformer.optimizers",
     "WarmupSchedule": "keras_transformer.schedules",
     "Translator": "keras_transformer.translator",
-    "TrainingConfig": "keras_transformer.training",
+    "TrainingConfig": "keras_transformer.config",
     "train": "keras_transformer.training",
 }
 _SUBMODULES = {"config", "data", "decoding", "evaluation", "layers", "losses", "masks", "metrics", "model",

@@ -114,6 +114,7 @@ def build_parser():
     export.add_argument("--model-name", default="translator", help="model name (TF Serving's MODEL_NAME; default translator)")
     export.add_argument("--version", type=int, help="SavedModel version number (default: next free one)")
     export.add_argument("--quantize", choices=["none", "float16", "dynamic"], default="none", help="TFLite weights (default none)")
+    export.add_argument("--ids-only", action="store_true", help="SavedModel without tokenizers (no custom ops): only translate_ids")
     export.set_defaults(func=cmd_export)
 
     average = commands.add_parser(
@@ -126,6 +127,15 @@ def build_parser():
     average.add_argument("--last", type=int, default=5, help="how many of the newest checkpoints to average (default 5)")
     average.add_argument("--out", help="output .keras path (default <model>/averaged.keras)")
     average.set_defaults(func=cmd_average)
+
+    from keras_transformer.serving.server import add_serve_arguments
+
+    add_serve_arguments(commands.add_parser(
+        "serve",
+        help="serve a SavedModel export over TF Serving's REST API (micro-batched)",
+        description="Speaks TensorFlow Serving's REST API (/v1/models/<name>[:predict|/metadata]) for an export "
+        "written by `keras-transformer export --format saved_model`; see docs/serving.md.",
+    ))
 
     plot = commands.add_parser("plot", help="write PNG plots: attention heatmaps, positional encoding, schedule, curves")
     plot.add_argument("what", choices=["attention", "positional-encoding", "schedule", "curves", "all"])
@@ -198,7 +208,7 @@ def _parse_overrides(pairs):
 
 
 def settings_from_args(args):
-    from keras_transformer.training import TrainingConfig
+    from keras_transformer.config import TrainingConfig
 
     values = load_settings_file(args.config) if args.config else {}
     flags = {
@@ -226,12 +236,13 @@ def settings_from_args(args):
 
 
 def cmd_train(args):
-    settings = settings_from_args(args)  # validate everything before any heavy import or file write
-    from keras_transformer.training import train
-
+    # Settings and data are checked before TensorFlow is imported and before anything is written.
+    settings = settings_from_args(args)
     run_dir = Path(args.runs_dir) / (args.run_name or DEFAULT_RUN_NAME)
     train_corpus = _load_corpus(args.train, "train", args)
     dev_corpus = _load_corpus(args.dev, "dev", args)
+    from keras_transformer.training import train
+
     strategy = None
     if args.strategy != "default":
         from keras_transformer.distribute import get_strategy
@@ -319,7 +330,7 @@ def cmd_export(args):
     if args.format == "saved_model":
         from keras_transformer.export.saved_model import export_saved_model
 
-        path = export_saved_model(translator, args.out, args.model_name, args.version)
+        path = export_saved_model(translator, args.out, args.model_name, args.version, ids_only=args.ids_only)
     else:
         from keras_transformer.export.tflite import export_tflite
 

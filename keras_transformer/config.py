@@ -1,7 +1,7 @@
-"""`TransformerConfig`: every hyperparameter of the model in one dataclass, plus named presets.
+"""Configuration dataclasses: `TransformerConfig` (the model, with named presets) and `TrainingConfig` (a run).
 
 The `base` and `big` presets are the two models of the paper (Table 3); `small` trains on a laptop CPU and
-`tiny` exists for tests.
+`tiny` exists for tests. Nothing here imports TensorFlow, so settings are validated before any heavy work.
 """
 
 from __future__ import annotations
@@ -123,3 +123,89 @@ def _check_positive_int(name, value):
 
 def _divisors_near(d_model, num_heads):
     return min((h for h in range(1, d_model + 1) if d_model % h == 0), key=lambda h: abs(h - num_heads))
+
+
+PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
+
+
+@dataclasses.dataclass
+class TrainingConfig:
+    """Settings of a training run (the model's own hyperparameters live in `TransformerConfig`).
+
+    Args:
+        preset: model preset (`tiny`, `small`, `base`, `big`); `model_overrides` changes single fields.
+        source_vocab_size, target_vocab_size: SentencePiece vocabulary sizes learned from the training text.
+        max_length: longest tokenized sentence kept (longer pairs are filtered out and counted).
+        tokens_per_batch: batch size in tokens; bucketing by length makes batches of similar length.
+        warmup_steps, lr_scale: the paper's schedule, `lr_scale * d_model^-0.5 * min(...)`. The paper warms up
+            for 4000 steps of a 100k-step run; the default 1000 suits the ~2000 steps of a 25-minute CPU run.
+        label_smoothing: 0.1 in the paper.
+        precision: `auto` (bfloat16 where the CPU has AMX/AVX512-BF16 or on a GPU, else float32),
+            `float32`, `mixed_bfloat16` or `mixed_float16`.
+        jit_compile: XLA-compile the train step. Off by default: on this CPU, XLA gave no speedup in float32
+            and lost the bfloat16 (AMX) speedup that TensorFlow's oneDNN kernels give (see README, Performance).
+        steps_per_epoch: the training data is repeated; an "epoch" is this many steps (dev BLEU, backup and
+            best-model selection happen at its end).
+        epochs: maximum number of such epochs.
+        time_limit_minutes: stop after this much training wall time (counted across restarts); None = no limit.
+        dev_bleu_sentences: how many dev sentences the per-epoch BLEU uses (0 = skip dev BLEU).
+        train_limit: use only the first N training pairs (for quick runs); None = all.
+        keep_checkpoints: how many per-epoch weight checkpoints to keep in `checkpoints/` (for averaging).
+        seed: seeds shuffling, initialisation and tokenizer training.
+    """
+
+    preset: str = "small"
+    model_overrides: dict = dataclasses.field(default_factory=dict)
+    source_vocab_size: int = 8000
+    target_vocab_size: int = 8000
+    max_length: int = 64
+    tokens_per_batch: int = 4096
+    warmup_steps: int = 1000
+    lr_scale: float = 1.0
+    label_smoothing: float = 0.1
+    precision: str = "auto"
+    jit_compile: bool = False
+    steps_per_epoch: int = 500
+    epochs: int = 100
+    time_limit_minutes: Optional[float] = 25.0
+    dev_bleu_sentences: int = 500
+    train_limit: Optional[int] = None
+    keep_checkpoints: int = 5
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}.")
+        for name in ("source_vocab_size", "target_vocab_size", "max_length", "tokens_per_batch", "warmup_steps", "steps_per_epoch", "epochs"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+        if self.tokens_per_batch < self.max_length:
+            raise ValueError(
+                f"tokens_per_batch={self.tokens_per_batch} must be at least max_length={self.max_length} "
+                "(one sentence per batch)."
+            )
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}.")
+        if self.time_limit_minutes is not None and self.time_limit_minutes <= 0:
+            raise ValueError(f"time_limit_minutes must be positive or None, got {self.time_limit_minutes}.")
+        if self.dev_bleu_sentences < 0:
+            raise ValueError(f"dev_bleu_sentences must be >= 0, got {self.dev_bleu_sentences}.")
+        if self.train_limit is not None and self.train_limit <= 0:
+            raise ValueError(f"train_limit must be positive or None, got {self.train_limit}.")
+        self.model_config(1, 1)  # validates preset and overrides early
+
+    def model_config(self, src_vocab_size, tgt_vocab_size) -> TransformerConfig:
+        values = {"max_length": self.max_length, **self.model_overrides}
+        return TransformerConfig.from_preset(self.preset, src_vocab_size=src_vocab_size, tgt_vocab_size=tgt_vocab_size, **values)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "TrainingConfig":
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - fields)
+        if unknown:
+            raise ValueError(f"Unknown training setting(s): {', '.join(unknown)}. Valid: {', '.join(sorted(fields))}.")
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)

@@ -171,12 +171,10 @@ def load_translator(path):
 
         return TFLiteTranslator.load(path)
     if path.is_dir() and not (path / "model.keras").exists():
-        from keras_transformer.export.saved_model import SavedModelTranslator, resolve_version_dir
+        from keras_transformer.export.layout import find_versions
 
-        try:
-            resolve_version_dir(path)
-        except FileNotFoundError:
-            pass
-        else:
+        if (path / "saved_model.pb").exists() or find_versions(path):
+            from keras_transformer.export.saved_model import SavedModelTranslator
+
             return SavedModelTranslator.load(path)
     return Translator.load(path)

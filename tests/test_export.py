@@ -122,3 +122,31 @@ def test_one_translate_command_for_all_three_artefacts(tiny_run_dir, saved_model
         outputs[name] = out.stdout
     assert outputs["keras"] == outputs["saved_model"] == outputs["tflite"]
     assert load_translator(tflite_models["none"]).translate(sentences) == outputs["keras"].splitlines()
+
+
+IDS_ONLY_PROCESS = textwrap.dedent(
+    """
+    import json, sys
+    import tensorflow as tf  # no tensorflow_text: the SentencePiece ops are not registered in this process
+    loaded = tf.saved_model.load(sys.argv[1])
+    ids = json.loads(sys.stdin.read())
+    out = loaded.signatures["serving_default"](encoder_inputs=tf.constant(ids, tf.int32))
+    print(json.dumps({"output_ids": out["output_ids"].numpy().tolist(),
+                      "text_ops_loaded": any(m.startswith("tensorflow_text") for m in sys.modules)}))
+    """
+)
+
+
+def test_ids_only_saved_model_loads_without_tensorflow_text(translator, tmp_path, dev_sources):
+    path = export_saved_model(translator, tmp_path, "translator", ids_only=True)
+    assert json.loads((path / "assets" / "config.json").read_text())["special_ids"]["end"] == 3
+    ids = translator.encode_sources(dev_sources[:5])
+    width = max(map(len, ids))
+    ids = [row + [0] * (width - len(row)) for row in ids]
+    out = subprocess.run([sys.executable, "-c", IDS_ONLY_PROCESS, str(path)], input=json.dumps(ids),
+                         capture_output=True, text=True, env=ENV, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert not result["text_ops_loaded"]
+    keras_ids, _ = translator.translate_ids(np.array(ids, np.int32))
+    np.testing.assert_array_equal(np.array(result["output_ids"]), keras_ids)

@@ -32,16 +32,15 @@ def trained_run(tmp_path_factory):
     """A tiny run of 2 epochs, killed during its 2nd epoch and resumed with the same command to 3 epochs."""
     runs = tmp_path_factory.mktemp("runs")
     command = [sys.executable, "-m", "keras_transformer", "train", "--runs-dir", str(runs), "--run-name", "tiny",
-               "--no-evaluate", *TINY_RUN]
+               "--no-evaluate", *TINY_RUN, "--steps-per-epoch", "40"]
     history = runs / "tiny" / "history.json"
     process = subprocess.Popen(command + ["--epochs", "3"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=ENV, text=True)
     try:
         deadline = time.time() + 240
         while time.time() < deadline and not history.exists():
-            time.sleep(0.5)
+            time.sleep(0.05)
         assert history.exists(), "the first epoch never finished"
-        time.sleep(1.0)  # well inside epoch 2
-        process.send_signal(signal.SIGKILL)
+        process.send_signal(signal.SIGKILL)  # inside epoch 2 (40 steps take seconds)
     finally:
         process.wait(timeout=60)
     killed_history = json.loads(history.read_text())
@@ -64,7 +63,7 @@ def test_resume_after_kill_continues_with_the_right_step_count(trained_run):
     history = json.loads((run_dir / "history.json").read_text())
     assert [h["epoch"] for h in killed_history] == [1]
     assert [h["epoch"] for h in history] == [1, 2, 3]
-    assert [h["step"] for h in history] == [15, 30, 45]  # the optimizer's step counter survived the kill
+    assert [h["step"] for h in history] == [40, 80, 120]  # the optimizer's step counter survived the kill
     assert history[0] == killed_history[0]  # the finished epoch was not redone
     assert history[-1]["loss"] < history[0]["loss"]
     for name in ("config.json", "source.model", "target.model", "model.keras", "backup", "logs"):
@@ -76,7 +75,7 @@ def test_restart_with_different_settings_is_refused_without_writing(trained_run)
     before = sorted(p.name for p in run_dir.iterdir())
     config_before = (run_dir / "config.json").read_text()
     out = cli("train", "--runs-dir", str(run_dir.parent), "--run-name", run_dir.name, "--no-evaluate",
-              *TINY_RUN[:-2], "--time-limit", "10", "--set", "num_layers=3")
+              *TINY_RUN, "--steps-per-epoch", "40", "--set", "num_layers=3")
     assert out.returncode == 2
     assert "different settings" in out.stderr and "model.num_layers" in out.stderr
     assert "Traceback" not in out.stderr
@@ -86,11 +85,16 @@ def test_restart_with_different_settings_is_refused_without_writing(trained_run)
 
 def test_evaluate_translate_and_plot(trained_run, tmp_path):
     run_dir = trained_run[0]
-    out = cli("evaluate", "--model", str(run_dir), "--split", "dev", "--out", str(tmp_path / "eval"))
+    pairs = tmp_path / "pairs.tsv"  # the user's own parallel file: korean<TAB>english, 60 lines
+    from keras_transformer.data import load_bundled_corpus
+
+    dev = load_bundled_corpus("dev").head(60)
+    pairs.write_text("".join(f"{s}\t{t}\n" for s, t in zip(dev.sources, dev.targets)), encoding="utf-8")
+    out = cli("evaluate", "--model", str(run_dir), "--data", str(pairs), "--out", str(tmp_path / "eval"))
     assert out.returncode == 0, out.stderr
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
-    assert report["sentences"] == 1000 and 0.0 <= report["bleu"] <= 100.0 and "chrf" in report
-    assert len((tmp_path / "eval" / "hypotheses.txt").read_text(encoding="utf-8").splitlines()) == 1000
+    assert report["sentences"] == 60 and 0.0 <= report["bleu"] <= 100.0 and "chrf" in report
+    assert len((tmp_path / "eval" / "hypotheses.txt").read_text(encoding="utf-8").splitlines()) == 60
 
     from_args = cli("translate", "--model", str(run_dir), "설정", "파일을 열 수 없습니다")
     assert from_args.returncode == 0, from_args.stderr
@@ -111,7 +115,7 @@ def test_evaluate_translate_and_plot(trained_run, tmp_path):
 @pytest.mark.parametrize(
     "content, message",
     [
-        (None, "does not exist"),
+        (None, "no such file"),
         (b"", "empty"),
         (b"hello\tworld\n\xff\xfe broken\tline\n", "line 2"),
     ],
@@ -126,6 +130,7 @@ def test_bad_training_file_gives_a_clear_error_and_no_output(tmp_path, content, 
     assert out.returncode == 2
     assert message in out.stderr.lower() or message in out.stderr
     assert "Traceback" not in out.stderr
+    assert "absl" not in out.stderr  # failed before TensorFlow was even imported
     assert not runs.exists()
 
 

@@ -7,12 +7,18 @@ Layout (TF Serving's): `<export_dir>/<model_name>/<version>/` with `saved_model.
   Tokenization runs in the graph (tensorflow-text SentencePiece op), then cached greedy decoding, then
   detokenization. A loader must `import tensorflow_text` first (it registers the op).
 - `translate_ids`: `encoder_inputs` int32 `[batch, src_len]` (source ids + END, 0-padded) -> `output_ids` int32
-  `[batch, max_steps]` (END then 0-padding) and `scores`. No custom ops: for servers whose tensorflow-text is
-  older than ours, with tokenization done by the client from the vocabularies in `assets/`.
+  `[batch, max_steps]` (END then 0-padding) and `scores`; tokenization is done by the client with the
+  SentencePiece models in `assets/` (`assets/config.json` gives `max_length` and the special ids).
+
+Loading a SavedModel creates all of its resources, so a server that lacks tensorflow-text's SentencePiece ops
+cannot load this export at all, `translate_ids` included. Stock TF Serving links tensorflow-text's ops; for a
+server that does not, `export_saved_model(..., ids_only=True)` (`keras-transformer export --ids-only`) writes a
+SavedModel with no custom op: only `translate_ids`, which is then also its `serving_default`.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
@@ -20,33 +26,37 @@ from pathlib import Path
 
 import tensorflow as tf
 
-from keras_transformer.data.special_ids import END_ID, PAD_ID
+from keras_transformer.data.special_ids import END_ID, PAD_ID, START_ID, UNK_ID
 from keras_transformer.decoding import greedy_search
 from keras_transformer.export.common import float32_model
+from keras_transformer.export.layout import next_version, resolve_version_dir
 
 
 class TranslatorModule(tf.Module):
-    """The exported object: the float32 model, both tokenizers and the two serving functions."""
+    """The exported object: the float32 model, the tokenizers (unless `ids_only`) and the serving functions."""
 
-    def __init__(self, translator, asset_dir):
+    def __init__(self, translator, asset_dir, ids_only=False):
         super().__init__(name="keras_transformer_translator")
         self.model = float32_model(translator.model, translator.config)
         self.config = translator.config
         self.max_steps = translator.max_output_length
-        self.source_tokenizer = translator.source_tokenizer
-        self.target_tokenizer = translator.target_tokenizer
         self.assets = [tf.saved_model.Asset(str(path)) for path in sorted(Path(asset_dir).iterdir())]
+        self.translate_ids = tf.function(
+            self._translate_ids, input_signature=[tf.TensorSpec([None, None], tf.int32, name="encoder_inputs")]
+        )
+        if not ids_only:  # the tokenizers (and their custom ops) only come along for the strings signature
+            self.source_tokenizer = translator.source_tokenizer
+            self.target_tokenizer = translator.target_tokenizer
+            self.translate = tf.function(self._translate, input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
 
-    @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
-    def translate(self, inputs):
+    def _translate(self, inputs):
         ids = self.source_tokenizer.tokenize(inputs)[:, : self.config.max_length - 1]
         end = tf.fill(tf.stack([ids.nrows(), 1]), tf.constant(END_ID, ids.dtype))
         encoder_inputs = tf.concat([ids, end], axis=1).to_tensor(default_value=PAD_ID)
         output_ids, scores = self._decode(tf.cast(encoder_inputs, tf.int32))
         return {"translations": self.target_tokenizer.detokenize(output_ids), "scores": scores}
 
-    @tf.function(input_signature=[tf.TensorSpec([None, None], tf.int32, name="encoder_inputs")])
-    def translate_ids(self, encoder_inputs):
+    def _translate_ids(self, encoder_inputs):
         output_ids, scores = self._decode(encoder_inputs)
         return {"output_ids": output_ids, "scores": scores}
 
@@ -54,14 +64,10 @@ class TranslatorModule(tf.Module):
         return greedy_search(self.model, self.config, encoder_inputs, self.max_steps)
 
 
-def next_version(model_dir) -> int:
-    """TF Serving serves the highest numeric version: the next one is 1 + the highest present."""
-    versions = [int(p.name) for p in Path(model_dir).glob("*") if p.is_dir() and p.name.isdigit()]
-    return max(versions, default=0) + 1
-
-
-def export_saved_model(translator, export_dir, model_name="translator", version=None) -> Path:
+def export_saved_model(translator, export_dir, model_name="translator", version=None, ids_only=False) -> Path:
     """Writes `<export_dir>/<model_name>/<version>/` (version: next free number when None) and returns it.
+    With `ids_only`, the export has only the `translate_ids` signature (also as `serving_default`) and no
+    custom op.
 
     The export is written to a temporary folder first and renamed into place, so a failed export never leaves a
     half-written version that TF Serving would try to load."""
@@ -79,16 +85,18 @@ def export_saved_model(translator, export_dir, model_name="translator", version=
         asset_dir.mkdir()
         translator.source_tokenizer.save(asset_dir, prefix="source")
         translator.target_tokenizer.save(asset_dir, prefix="target")
-        module = TranslatorModule(translator, asset_dir)
+        (asset_dir / "config.json").write_text(json.dumps({
+            "model": translator.config.to_dict(),
+            "max_output_length": translator.max_output_length,
+            "special_ids": {"pad": PAD_ID, "unk": UNK_ID, "start": START_ID, "end": END_ID},
+            "encoder_inputs": "source ids + END, 0-padded",
+        }, indent=2))
+        module = TranslatorModule(translator, asset_dir, ids_only=ids_only)
+        ids_function = module.translate_ids.get_concrete_function()
+        signatures = {"serving_default": ids_function if ids_only else module.translate.get_concrete_function(),
+                      "translate_ids": ids_function}
         out = staging / "saved_model"
-        tf.saved_model.save(
-            module,
-            str(out),
-            signatures={
-                "serving_default": module.translate.get_concrete_function(),
-                "translate_ids": module.translate_ids.get_concrete_function(),
-            },
-        )
+        tf.saved_model.save(module, str(out), signatures=signatures)
         os.replace(out, target)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
@@ -121,13 +129,3 @@ class SavedModelTranslator:
             outputs += [t.decode("utf-8") for t in result["translations"].numpy()]
         return outputs[0] if single else outputs
 
-
-def resolve_version_dir(path) -> Path:
-    """A SavedModel directory: `path` itself, or its highest numeric version subdirectory."""
-    path = Path(path)
-    if (path / "saved_model.pb").exists():
-        return path
-    versions = sorted((int(p.name) for p in path.glob("*") if p.name.isdigit() and (p / "saved_model.pb").exists()))
-    if not versions:
-        raise FileNotFoundError(f"No SavedModel in {path}: expected saved_model.pb or numeric version folders holding one.")
-    return path / str(versions[-1])

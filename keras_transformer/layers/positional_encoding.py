@@ -60,13 +60,15 @@ class PositionalEncoding(keras.layers.Layer):
                 "larger max_length."
             )
         length = ops.shape(inputs)[1]
-        if not isinstance(length, int):  # dynamic length: check at run time
-            tf.debugging.assert_less_equal(
+        if not isinstance(length, int):  # dynamic length: check at run time, before the slice can fail
+            check = tf.debugging.assert_less_equal(
                 length + start_index,
                 self.max_length,
                 message=f"Input sequence is longer than max_length={self.max_length}: truncate the "
                 "input or build the model with a larger max_length.",
             )
+            with tf.control_dependencies([check]):
+                length = tf.identity(length)
         table = ops.convert_to_tensor(self.table, dtype=self.compute_dtype)
         positions = ops.slice(table, (start_index, 0), (length, self.d_model))
         return inputs + ops.expand_dims(positions, 0)
