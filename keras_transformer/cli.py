@@ -81,7 +81,7 @@ def build_parser():
     train.set_defaults(func=cmd_train)
 
     evaluate = commands.add_parser("evaluate", help="BLEU and chrF of a trained model on a parallel file or a bundled split")
-    evaluate.add_argument("--model", required=True, help="run directory (saved_models/<run-name>)")
+    evaluate.add_argument("--model", required=True, help="run directory (saved_models/<run-name>), or a .keras file in one")
     _add_data_arguments(evaluate, evaluation=True)
     evaluate.add_argument("--out", help="directory for hypotheses.txt and report.json (default: <model>/eval-<split or file>)")
     evaluate.add_argument("--batch-size", type=int, default=64)
@@ -121,7 +121,8 @@ def build_parser():
         "average",
         help="average the weights of a run's last N epoch checkpoints (paper, section 6.1)",
         description="Writes <model>/averaged.keras (or --out) with the element-wise mean of the last N checkpoints in "
-        "<model>/checkpoints/, and prints its dev BLEU next to the best model's unless --no-evaluate.",
+        "<model>/checkpoints/ (saved after each epoch). Evaluate or use it like the run's own model: "
+        "`keras-transformer evaluate --model <model>/averaged.keras`.",
     )
     average.add_argument("--model", required=True, help="run directory (saved_models/<run-name>)")
     average.add_argument("--last", type=int, default=5, help="how many of the newest checkpoints to average (default 5)")
@@ -251,6 +252,11 @@ def cmd_train(args):
     print(f"Training on {len(train_corpus):,} pairs, selecting on {len(dev_corpus):,} dev pairs; run directory {run_dir}")
     report = train(settings, run_dir, train_corpus, dev_corpus, strategy=strategy)
     print(f"Trained {report['steps']} steps in {report['training_seconds'] / 60:.1f} min; best dev BLEU {report['best_dev_bleu']}.")
+    if strategy is not None:
+        from keras_transformer.distribute import is_chief
+
+        if not is_chief(strategy):
+            return 0  # the chief evaluates
     if args.no_evaluate:
         return 0
     from keras_transformer.evaluation import evaluate

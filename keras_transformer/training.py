@@ -62,13 +62,26 @@ def train(settings: TrainingConfig, run_dir, train_corpus, dev_corpus, verbose=N
     Returns a dict with the run's report (also written to `train_report.json`)."""
     import tensorflow as tf
 
+    from keras_transformer.distribute import is_chief, prepare_for_fit, worker_path
+
     strategy = strategy or tf.distribute.get_strategy()
+    replicas = strategy.num_replicas_in_sync
+    if settings.tokens_per_batch // settings.max_length < replicas:
+        raise ValueError(
+            f"tokens_per_batch={settings.tokens_per_batch} gives batches of {settings.tokens_per_batch // settings.max_length} "
+            f"sentence(s) at max_length={settings.max_length}, fewer than the {replicas} replicas: raise tokens_per_batch "
+            f"to at least {replicas * settings.max_length}."
+        )
 
     from keras_transformer.data.pipeline import make_dataset
     from keras_transformer.data.tokenizer import SubwordTokenizer
     from keras_transformer.translator import Translator
 
     run_dir = Path(run_dir)
+    chief = is_chief(strategy)
+    if not chief:  # other workers of a multi-worker run write their own copy, never the chief's files
+        run_dir = worker_path(run_dir, strategy)
+        dev_corpus = None
     run_dir.mkdir(parents=True, exist_ok=True)
     keras.utils.set_random_seed(settings.seed)
     if settings.train_limit:
@@ -104,6 +117,10 @@ def train(settings: TrainingConfig, run_dir, train_corpus, dev_corpus, verbose=N
         seed=settings.seed + _completed_steps(run_dir),  # a restart sees a fresh order, not a replay
         repeat=True,
     )
+    if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        dataset = dataset.with_options(options)
     print(stats.summary())
 
     previous_policy = keras.mixed_precision.dtype_policy()
@@ -117,13 +134,11 @@ def train(settings: TrainingConfig, run_dir, train_corpus, dev_corpus, verbose=N
                 metrics=[MaskedAccuracy(pad_id=config.pad_id)],
                 jit_compile=settings.jit_compile,
             )
-            # Build weights and optimizer slots before BackupAndRestore loads into them.
+            # Build weights, optimizer slots, loss and metrics before BackupAndRestore loads into them.
             example = {"encoder_inputs": np.ones((1, 4), "int32"), "decoder_inputs": np.ones((1, 4), "int32")}
-            model(example)
-            model.optimizer.build(model.trainable_variables)
+            prepare_for_fit(model, strategy, example, np.ones((1, 4), "int32"))
     finally:
         keras.mixed_precision.set_dtype_policy(previous_policy)
-    replicas = strategy.num_replicas_in_sync
     print(
         f"Model: preset {settings.preset}, {model.count_params():,} parameters, precision {precision}; "
         f"{replicas} replica(s) ({type(strategy).__name__}), global batch {settings.tokens_per_batch} tokens "
@@ -131,8 +146,8 @@ def train(settings: TrainingConfig, run_dir, train_corpus, dev_corpus, verbose=N
     )
 
     translator = Translator(model, config, tokenizers["source"], tokenizers["target"])
-    dev = dev_corpus.head(settings.dev_bleu_sentences) if settings.dev_bleu_sentences else None
-    progress = TrainingProgress(run_dir, settings.time_limit_minutes)
+    dev = dev_corpus.head(settings.dev_bleu_sentences) if settings.dev_bleu_sentences and dev_corpus else None
+    progress = TrainingProgress(run_dir, settings.time_limit_minutes, strategy)
     callbacks = [
         keras.callbacks.BackupAndRestore(str(run_dir / "backup"), save_freq="epoch", double_checkpoint=True, delete_checkpoint=False),
         keras.callbacks.TensorBoard(str(run_dir / "logs"), update_freq=100, write_graph=False),
@@ -234,11 +249,13 @@ class DevBleuCheckpoint(keras.callbacks.Callback):
 
 class TrainingProgress(keras.callbacks.Callback):
     """Appends each epoch's logs to `history.json` (with step, learning rate and cumulative wall time) and stops
-    training once the wall-clock budget, counted across restarts, is spent."""
+    training once the wall-clock budget, counted across restarts, is spent. In a multi-worker run, the workers
+    agree on when to stop (one all-reduce per step), so that none waits forever for one that stopped."""
 
-    def __init__(self, run_dir, time_limit_minutes=None):
+    def __init__(self, run_dir, time_limit_minutes=None, strategy=None):
         super().__init__()
         self.run_dir = Path(run_dir)
+        self.strategy = strategy
         self.limit = None if time_limit_minutes is None else time_limit_minutes * 60.0
         history = _read_history(self.run_dir)
         self.previous = float(history[-1]["wall_seconds"]) if history else 0.0
@@ -258,7 +275,15 @@ class TrainingProgress(keras.callbacks.Callback):
             self.model.stop_training = True
 
     def on_train_batch_end(self, batch, logs=None):
-        if self.limit is not None and self.elapsed() >= self.limit:
+        if self.limit is None:
+            return
+        spent = float(self.elapsed() >= self.limit)
+        import tensorflow as tf
+
+        if isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
+            value = self.strategy.experimental_distribute_values_from_function(lambda context: tf.constant(spent))
+            spent = float(self.strategy.reduce("SUM", value, axis=None))
+        if spent > 0:
             self.model.stop_training = True
 
     def on_epoch_end(self, epoch, logs=None):

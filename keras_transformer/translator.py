@@ -51,26 +51,28 @@ class Translator:
 
     @classmethod
     def load(cls, path, **kwargs) -> "Translator":
-        """From a run directory written by `keras_transformer.training.train` (or `export_keras`): it holds
-        `config.json`, `model.keras`, `source.model` and `target.model`."""
-        import keras
-
+        """From a run directory written by `keras_transformer.training.train`: it holds `config.json`,
+        `model.keras`, `source.model` and `target.model`. `path` may also be another `.keras` file inside a run
+        directory (e.g. `averaged.keras`), used with that directory's config and tokenizers."""
+        from keras_transformer import load_model
         from keras_transformer.data.tokenizer import SubwordTokenizer
 
         path = Path(path)
-        missing = [name for name in ("config.json", "model.keras", "source.model", "target.model") if not (path / name).exists()]
+        model_file = path if path.suffix == ".keras" else path / "model.keras"
+        run_dir = model_file.parent
+        needed = [run_dir / "config.json", model_file, run_dir / "source.model", run_dir / "target.model"]
+        missing = [p.name for p in needed if not p.exists()]
         if missing:
             raise FileNotFoundError(
                 f"{path} is not a complete run directory: missing {', '.join(missing)}. Point to the directory "
                 "that `keras-transformer train` wrote (saved_models/<run-name>)."
             )
-        config = TransformerConfig.from_dict(json.loads((path / "config.json").read_text())["model"])
-        model = keras.models.load_model(path / "model.keras", compile=False)
+        config = TransformerConfig.from_dict(json.loads((run_dir / "config.json").read_text())["model"])
         return cls(
-            model,
+            load_model(model_file),
             config,
-            SubwordTokenizer.load(path / "source.model"),
-            SubwordTokenizer.load(path / "target.model"),
+            SubwordTokenizer.load(run_dir / "source.model"),
+            SubwordTokenizer.load(run_dir / "target.model"),
             **kwargs,
         )
 
