@@ -98,13 +98,7 @@ class TransformerConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "TransformerConfig":
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - fields)
-        if unknown:
-            raise ValueError(
-                f"Unknown TransformerConfig field(s): {', '.join(unknown)}. Valid fields: {', '.join(sorted(fields))}."
-            )
-        return cls(**values)
+        return cls(**_known_fields(cls, values, "TransformerConfig field"))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -114,6 +108,15 @@ class TransformerConfig:
 
     def replace(self, **changes) -> "TransformerConfig":
         return dataclasses.replace(self, **changes)
+
+
+def _known_fields(cls, values, what):
+    """`values` if every key is a field of the dataclass `cls`, else a ValueError listing the valid ones."""
+    fields = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise ValueError(f"Unknown {what}(s): {', '.join(unknown)}. Valid: {', '.join(sorted(fields))}.")
+    return values
 
 
 def _check_positive_int(name, value):
@@ -177,9 +180,7 @@ class TrainingConfig:
         if self.precision not in PRECISIONS:
             raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}.")
         for name in ("source_vocab_size", "target_vocab_size", "max_length", "tokens_per_batch", "warmup_steps", "steps_per_epoch", "epochs"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+            _check_positive_int(name, getattr(self, name))
         if self.tokens_per_batch < self.max_length:
             raise ValueError(
                 f"tokens_per_batch={self.tokens_per_batch} must be at least max_length={self.max_length} "
@@ -201,11 +202,7 @@ class TrainingConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "TrainingConfig":
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - fields)
-        if unknown:
-            raise ValueError(f"Unknown training setting(s): {', '.join(unknown)}. Valid: {', '.join(sorted(fields))}.")
-        return cls(**values)
+        return cls(**_known_fields(cls, values, "training setting"))
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

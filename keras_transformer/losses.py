@@ -13,6 +13,10 @@ class MaskedSparseCategoricalCrossentropy(keras.losses.Loss):
 
     The result is a mean over real tokens, so appending more padding to a batch leaves it unchanged.
 
+    Under a `tf.distribute` strategy with N replicas, each replica returns its token sum divided by the number of
+    real tokens of the WHOLE global batch: Keras 3 leaves a scalar loss unscaled and sums the replicas' gradients,
+    so the sum is exactly the gradient of the global mean, whatever the padding of each replica's share.
+
     Args:
         pad_id: label id to ignore.
         label_smoothing: eps (0.1 in the paper).
@@ -42,8 +46,19 @@ class MaskedSparseCategoricalCrossentropy(keras.losses.Loss):
             smooth = -ops.mean(log_probs, axis=-1)
             nll = (1.0 - self.label_smoothing) * nll + self.label_smoothing * smooth
         mask = ops.cast(ops.not_equal(y_true, self.pad_id), "float32")
-        # One scalar per batch: the mean over real tokens (Keras' reduction of a scalar keeps it).
-        return ops.sum(nll * mask) / ops.maximum(ops.sum(mask), 1.0)
+        return ops.sum(nll * mask) / ops.maximum(_global_token_count(mask), 1.0)
 
     def get_config(self):
         return {**super().get_config(), "pad_id": self.pad_id, "label_smoothing": self.label_smoothing, "from_logits": True}
+
+
+def _global_token_count(mask):
+    """Real tokens in this batch, summed over all replicas when running under a multi-replica strategy."""
+    tokens = ops.sum(mask)
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:
+            tokens = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.stop_gradient(tokens))
+    return tokens
