@@ -40,11 +40,7 @@ class MaskedSparseCategoricalCrossentropy(keras.losses.Loss):
 
     def call(self, y_true, y_pred):
         y_true = ops.cast(y_true, "int32")
-        log_probs = ops.log_softmax(ops.cast(y_pred, "float32"), axis=-1)
-        nll = -ops.squeeze(ops.take_along_axis(log_probs, ops.expand_dims(y_true, -1), axis=-1), -1)
-        if self.label_smoothing:
-            smooth = -ops.mean(log_probs, axis=-1)
-            nll = (1.0 - self.label_smoothing) * nll + self.label_smoothing * smooth
+        nll = smoothed_cross_entropy(ops.cast(y_pred, "float32"), y_true, self.label_smoothing)
         mask = ops.cast(ops.not_equal(y_true, self.pad_id), "float32")
         return ops.sum(nll * mask) / ops.maximum(_global_token_count(mask), 1.0)
 
@@ -62,3 +58,50 @@ def _global_token_count(mask):
         if context is not None and context.num_replicas_in_sync > 1:
             tokens = context.all_reduce(tf.distribute.ReduceOp.SUM, tf.stop_gradient(tokens))
     return tokens
+
+
+def smoothed_cross_entropy(logits, labels, label_smoothing=0.0):
+    """Per position: `(1 - eps) * -log p(label) + eps * mean_over_vocab(-log p)`, p = softmax(logits).
+
+    `logits` float32 `[..., vocab]`, `labels` int32 `[...]`. On TensorFlow it is computed as
+    `logsumexp(logits) - (1 - eps) * logits[label] - eps * mean(logits)` with a hand-written gradient,
+    `softmax(logits) - ((1 - eps) * onehot(label) + eps / vocab)`: one exp pass over the large `[..., vocab]` logits,
+    reused by the gradient, and no log-probability tensor, no one-hot tensor and no scatter-add gradient of a gather
+    (what autodiff of the textbook form below costs on CPU: about 10% of a training step at 8,000 target pieces).
+    Same values and gradients as the textbook form, up to float rounding.
+    """
+    eps = float(label_smoothing)
+    if keras.backend.backend() != "tensorflow":  # the textbook form
+        log_probs = ops.log_softmax(logits, axis=-1)
+        nll = -ops.squeeze(ops.take_along_axis(log_probs, ops.expand_dims(labels, -1), axis=-1), -1)
+        return (1.0 - eps) * nll - eps * ops.mean(log_probs, axis=-1) if eps else nll
+    import tensorflow as tf
+
+    labels = tf.convert_to_tensor(labels, tf.int32)
+
+    @tf.custom_gradient
+    def cross_entropy(logits):
+        peak = tf.stop_gradient(tf.reduce_max(logits, axis=-1, keepdims=True))
+        exp = tf.exp(logits - peak)
+        total = tf.reduce_sum(exp, axis=-1, keepdims=True)
+        logsumexp = tf.squeeze(tf.math.log(total) + peak, -1)
+        true_logit = tf.gather(logits, labels, batch_dims=len(labels.shape))
+        loss = logsumexp - (1.0 - eps) * true_logit
+        if eps:
+            loss -= eps * tf.reduce_mean(logits, axis=-1)
+
+        def grad(upstream):
+            vocab = tf.shape(logits)[-1]
+            gradient = exp * tf.expand_dims(upstream, -1) / total  # softmax * upstream
+            if eps:
+                gradient -= tf.expand_dims(upstream, -1) * (eps / tf.cast(vocab, logits.dtype))
+            # minus (1 - eps) * upstream at each label: a scatter of one value per position, not a one-hot tensor
+            flat = tf.reshape(gradient, tf.stack([-1, vocab]))
+            rows = tf.range(tf.shape(flat)[0])
+            indices = tf.stack([rows, tf.reshape(labels, [-1])], axis=1)
+            flat = tf.tensor_scatter_nd_sub(flat, indices, (1.0 - eps) * tf.reshape(upstream, [-1]))
+            return tf.reshape(flat, tf.shape(logits))
+
+        return loss, grad
+
+    return cross_entropy(logits)

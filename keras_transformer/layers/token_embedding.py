@@ -32,6 +32,10 @@ class TokenEmbedding(keras.layers.Layer):
         self.vocab_size = int(vocab_size)
         self.d_model = int(d_model)
         self.input_name = input_name
+        # Gather rows of the float32 table, then cast them (as keras.layers.Embedding does): with autocasting on, a
+        # mixed-precision policy would cast the whole [vocab, d_model] table to the compute dtype every step. Same
+        # values; the embedding gradient is then also accumulated in float32.
+        self.autocast = False
 
     def build(self, inputs_shape=None):
         self.embeddings = self.add_weight(
