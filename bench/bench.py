@@ -515,7 +515,23 @@ def worker_versions(spec):
     import keras_hub
     import tensorflow as tf
 
-    return {"ready": {"versions": {"tensorflow": tf.__version__, "keras": keras.__version__, "keras_hub": keras_hub.__version__}}}
+    import keras_transformer.losses as losses
+    from keras_transformer.layers.multi_head_attention import MultiHeadAttention
+
+    from keras_transformer.layers.token_embedding import TokenEmbedding
+
+    levers = hasattr(losses, "smoothed_cross_entropy") and hasattr(MultiHeadAttention, "_attend")
+    levers = levers and not TokenEmbedding(2, 2).autocast
+    return {
+        "ready": {
+            "versions": {
+                "tensorflow": tf.__version__,
+                "keras": keras.__version__,
+                "keras_hub": keras_hub.__version__,
+                "library_levers_in_tree": levers,  # bench/library_levers.patch applied
+            }
+        }
+    }
 
 
 def worker_machine(spec):
