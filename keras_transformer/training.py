@@ -269,7 +269,10 @@ class TrainingProgress(keras.callbacks.Callback):
         return max(scores) if scores else None
 
     def on_train_begin(self, logs=None):
+        import tensorflow as tf
+
         self.started = time.time()
+        self.synchronize_workers = isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy)
         if self.limit is not None and self.previous >= self.limit:
             print(f"The time budget of this run is already spent ({self.previous / 60:.1f} min): nothing to train.")
             self.model.stop_training = True
@@ -278,9 +281,9 @@ class TrainingProgress(keras.callbacks.Callback):
         if self.limit is None:
             return
         spent = float(self.elapsed() >= self.limit)
-        import tensorflow as tf
+        if self.synchronize_workers:
+            import tensorflow as tf
 
-        if isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy):
             value = self.strategy.experimental_distribute_values_from_function(lambda context: tf.constant(spent))
             spent = float(self.strategy.reduce("SUM", value, axis=None))
         if spent > 0:

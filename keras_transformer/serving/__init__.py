@@ -4,28 +4,7 @@
 thread (tests, notebooks). Importing this package does not import TensorFlow.
 """
 
-from keras_transformer.serving.server import (
-    DEFAULT_SIGNATURE,
-    LoadedModel,
-    MicroBatcher,
-    ModelServer,
-    ServingError,
-    add_serve_arguments,
-    find_versions,
-    latest_version,
-    run_serve,
-    serve,
-)
+from keras_transformer.serving import server as _server
+from keras_transformer.serving.server import *  # noqa: F401,F403 (the public names, listed once in server.__all__)
 
-__all__ = [
-    "DEFAULT_SIGNATURE",
-    "LoadedModel",
-    "MicroBatcher",
-    "ModelServer",
-    "ServingError",
-    "add_serve_arguments",
-    "find_versions",
-    "latest_version",
-    "run_serve",
-    "serve",
-]
+__all__ = list(_server.__all__)
