@@ -39,6 +39,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from keras_transformer.runtime import XLA_FUSION_FLAGS
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RUN_DIR = Path("/tmp/main/saved_models/ko-en-small")
@@ -175,12 +177,13 @@ def section_machine(args):
 def training_specs(args, model, variants=None):
     steps = 1 if args.quick else args.train_steps
     base = dict(model=model, steps=steps, warmup=1 if args.quick else 3, seed=0, threads=args.threads)
+    fusion = {"TF_XLA_FLAGS": XLA_FUSION_FLAGS}  # `train --xla-fusion` (TrainingConfig.xla_fusion), opt-in
     variants = variants or [
         ("keras-hub float32", dict(impl="hub", precision="float32", jit=False)),
         ("keras-hub float32 XLA", dict(impl="hub", precision="float32", jit=True)),
         ("ours float32", dict(impl="ours", precision="float32", jit=False)),
-        ("ours float32 XLA", dict(impl="ours", precision="float32", jit=True)),
         ("ours mixed_bfloat16", dict(impl="ours", precision="mixed_bfloat16", jit=False)),
+        ("ours mixed_bfloat16 + XLA fusion", dict(impl="ours", precision="mixed_bfloat16", jit=False, env=fusion)),
         ("ours mixed_bfloat16 XLA", dict(impl="ours", precision="mixed_bfloat16", jit=True)),
     ]
     if args.quick:  # the two that matter, without XLA compiles, to stay fast
@@ -214,21 +217,6 @@ def summarize_training(raw, baseline="keras-hub float32"):
     return rows
 
 
-# XLA auto-clustering restricted to element-wise/reduction ("fusible") ops: the MatMuls stay on TensorFlow's oneDNN
-# kernels (bfloat16 AMX path, which jit_compile=True loses on this CPU) and the element-wise glue is fused by XLA.
-AUTO_CLUSTERING = "--tf_xla_auto_jit=2 --tf_xla_cpu_global_jit --tf_xla_ops_to_cluster=FUSIBLE"
-
-OUTSIDE_DEFAULTS = [  # levers that need a change outside the files this benchmark may touch (see README of bench/)
-    ("keras-hub float32", dict(impl="hub", precision="float32", jit=False)),
-    ("ours mixed_bfloat16", dict(impl="ours", precision="mixed_bfloat16", jit=False)),
-    ("ours mixed_bfloat16 + XLA auto-clustering (fusible ops)",
-     dict(impl="ours", precision="mixed_bfloat16", jit=False, env={"TF_XLA_FLAGS": AUTO_CLUSTERING})),
-    ("keras-hub float32, no accuracy metric", dict(impl="hub", precision="float32", jit=False, metrics=False)),
-    ("ours mixed_bfloat16 + auto-clustering, no accuracy metric",
-     dict(impl="ours", precision="mixed_bfloat16", jit=False, metrics=False, env={"TF_XLA_FLAGS": AUTO_CLUSTERING})),
-]
-
-
 def section_training(args):
     model = QUICK if args.quick else REFERENCE
     repeats = 1 if args.quick else args.repeats
@@ -238,17 +226,6 @@ def section_training(args):
         "config": {**model, "steps_per_repeat": specs[0]["steps"], "repeats": repeats, "min_length": max(2, model["length"] // 6)},
         "results": summarize_training(raw),
     }
-    if not args.quick and not args.no_outside:
-        # A second group, timed interleaved with its own keras-hub baseline: what runtime settings and a metrics fix
-        # outside the library's edited files would add. Ratios in this group are against its own keras-hub rows.
-        specs = training_specs(args, model, OUTSIDE_DEFAULTS)
-        raw = interleaved(specs, "train", repeats)
-        rows = summarize_training(raw)
-        nometric = rows["keras-hub float32, no accuracy metric"]["target_tokens_per_s"]
-        for name, row in rows.items():
-            if "no accuracy metric" in name:
-                row["ratio_vs_keras_hub_float32"] = round(row["target_tokens_per_s"] / nometric, 2)
-        result["outside_library_defaults"] = rows
     return result
 
 
@@ -276,9 +253,11 @@ def section_end_to_end(args):
         pairs=400 if args.quick else args.e2e_pairs,
         threads=args.threads,
     )
+    fusion = {"TF_XLA_FLAGS": XLA_FUSION_FLAGS}  # `train --xla-fusion` (opt-in): compiled again for every batch shape
     specs = [
         {**common, "name": "bucketing (default boundaries)", "bucketing": True},
         {**common, "name": "no bucketing (everything padded to max_length)", "bucketing": False},
+        {**common, "name": "bucketing + XLA fusion", "bucketing": True, "env": fusion},
     ]
     raw = interleaved(specs, "e2e", 1 if args.quick else args.repeats)
     rows = {}
@@ -295,9 +274,13 @@ def section_end_to_end(args):
         }
     first = next(iter(raw.values()))["ready"]
     names = list(rows)
-    if len(names) == 2:
+    if len(names) >= 2:
         rows[names[0]]["ratio_vs_no_bucketing"] = round(
             rows[names[0]]["target_tokens_per_s"] / rows[names[1]]["target_tokens_per_s"], 2
+        )
+    if len(names) == 3:
+        rows[names[0]]["ratio_vs_xla_fusion"] = round(
+            rows[names[0]]["target_tokens_per_s"] / rows[names[2]]["target_tokens_per_s"], 2
         )
     return {"config": first["config"], "results": rows}
 
@@ -339,19 +322,6 @@ def markdown(results):
                 f"{row['peak_rss_mb']:,.0f} |"
             )
         out.append("")
-        if t.get("outside_library_defaults"):
-            out += [
-                "### Training: levers outside the edited files (second interleaved group, its own keras-hub baseline)",
-                "",
-                "| configuration | target tok/s | step ms | vs keras-hub f32 (same metric setting) |",
-                "|---|---|---|---|",
-            ]
-            for name, row in t["outside_library_defaults"].items():
-                out.append(
-                    f"| {name} | {row['target_tokens_per_s']:,.0f} | {row['step_ms']:.0f} | "
-                    f"{row['ratio_vs_keras_hub_float32']:.2f}x |"
-                )
-            out.append("")
     d = results.get("decoding")
     if d:
         out += [
@@ -410,7 +380,6 @@ def main(argv=None):
     parser.add_argument("--train-steps", type=int, default=4, help="training steps per timed repeat")
     parser.add_argument("--e2e-pairs", type=int, default=60000, help="training pairs tokenized for the end-to-end section")
     parser.add_argument("--bleu-sentences", type=int, default=500, help="test sentences for the export BLEU (0 = all 2,000)")
-    parser.add_argument("--no-outside", action="store_true", help="skip the second training group (levers outside the library)")
     parser.add_argument("--threads", default=None, help="intra,inter op threads for every worker (default: TF's)")
     parser.add_argument(
         "--in-process", choices=("auto", "yes", "no"), default="auto",

@@ -147,6 +147,14 @@ class TrainingConfig:
             `float32`, `mixed_bfloat16` or `mixed_float16`.
         jit_compile: XLA-compile the train step. Off by default: on this CPU, XLA gave no speedup in float32
             and lost the bfloat16 (AMX) speedup that TensorFlow's oneDNN kernels give (see README, Performance).
+        xla_fusion: let XLA fuse the element-wise and reduction ops of the train step (TensorFlow's auto-clustering
+            restricted to "fusible" ops) while the matrix products stay on TensorFlow's oneDNN kernels. Off by
+            default: on this CPU it made fixed-shape batches 22-25% faster (bench/levers.py) but length-bucketed
+            training (9 batch shapes) slower, because the fused clusters are compiled again for every shape (bench,
+            end_to_end section). Turn it on for data of one fixed length. It sets `TF_XLA_FLAGS`, which TensorFlow
+            reads once per process when it first lists devices or optimizes a graph, so it only takes effect when
+            training is the first TensorFlow work of the process (as in `keras-transformer train`); a
+            `TF_XLA_FLAGS` of your own is left alone.
         steps_per_epoch: the training data is repeated; an "epoch" is this many steps (dev BLEU, backup and
             best-model selection happen at its end).
         epochs: maximum number of such epochs.
@@ -168,6 +176,7 @@ class TrainingConfig:
     label_smoothing: float = 0.1
     precision: str = "auto"
     jit_compile: bool = False
+    xla_fusion: bool = False
     steps_per_epoch: int = 500
     epochs: int = 100
     time_limit_minutes: Optional[float] = 25.0

@@ -31,6 +31,7 @@ from keras_transformer.losses import MaskedSparseCategoricalCrossentropy
 from keras_transformer.metrics import MaskedAccuracy
 from keras_transformer.model import build_transformer
 from keras_transformer.optimizers import create_optimizer
+from keras_transformer.runtime import enable_xla_fusion
 
 def resolve_precision(precision: str) -> str:
     """`auto` -> `mixed_bfloat16` on a GPU or on a CPU with bfloat16 matrix units (AMX-BF16 / AVX512-BF16),
@@ -60,6 +61,7 @@ def train(settings: TrainingConfig, run_dir, train_corpus, dev_corpus, verbose=N
     the GLOBAL batch: each of the N replicas gets about 1/N of every batch.
 
     Returns a dict with the run's report (also written to `train_report.json`)."""
+    enable_xla_fusion(settings)  # first: TensorFlow reads these flags once, when it first looks at devices
     import tensorflow as tf
 
     from keras_transformer.distribute import is_chief, prepare_for_fit, worker_path
@@ -159,7 +161,7 @@ def train(settings: TrainingConfig, run_dir, train_corpus, dev_corpus, verbose=N
     if verbose is None:  # a live progress bar on a terminal, one line per epoch in logs and CI
         verbose = 1 if sys.stdout.isatty() else 2
     started = time.time()
-    model.fit(dataset, epochs=settings.epochs, steps_per_epoch=settings.steps_per_epoch, callbacks=callbacks, verbose=verbose)
+    model.fit(dataset, epochs=settings.epochs, steps_per_epoch=settings.steps_per_epoch, callbacks=callbacks, verbose=verbose, shuffle=False)  # the dataset shuffles itself
     if not (run_dir / "model.keras").exists():  # no dev set: keep the last model
         model.save(run_dir / "model.keras")
     report = {
@@ -177,8 +179,9 @@ def train(settings: TrainingConfig, run_dir, train_corpus, dev_corpus, verbose=N
     return report
 
 
-# Settings that only say how long to train or how often to look: a restart may change them.
-BUDGET_SETTINGS = ("epochs", "time_limit_minutes", "dev_bleu_sentences", "keep_checkpoints")
+# Settings that only say how long to train, how often to look, or how fast to run (not what is learned): a restart
+# may change them.
+BUDGET_SETTINGS = ("epochs", "time_limit_minutes", "dev_bleu_sentences", "keep_checkpoints", "xla_fusion")
 
 
 def _write_or_check_run_config(run_dir, config, settings, precision):

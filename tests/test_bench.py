@@ -54,10 +54,12 @@ def test_bench_quick_writes_all_sections(tmp_path):
         assert all(r > 0 for r in ratios.values())
 
     e2e = results["end_to_end"]["results"]
-    assert len(e2e) == 2
+    assert len(e2e) == 3  # bucketing (default), no bucketing, bucketing + XLA fusion
     for row in e2e.values():
         assert row["target_tokens_per_s"] > 0 and 0 < row["measured_padding_share"] < 1
         assert 0 <= row["dataset_padding_share"] < 1
+    first = next(iter(e2e.values()))
+    assert first["ratio_vs_no_bucketing"] > 0 and first["ratio_vs_xla_fusion"] > 0
 
     assert all(math.isfinite(x) and x >= 0 for x in _numbers({k: v for k, v in results.items() if k != "meta"}))
     assert "| configuration |" in completed.stdout  # the markdown table

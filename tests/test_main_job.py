@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
@@ -169,3 +170,22 @@ def test_scripts_train_quick_runs_through_the_python_api(tmp_path):
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "test BLEU" in out.stdout and "어제 카페 갔었어 거기 사람 많더라 ->" in out.stdout
     assert (tmp_path / "api" / "eval-test" / "report.json").exists()
+
+
+@pytest.mark.parametrize("fusion", [True, False])
+def test_xla_fusion_clusters_element_wise_ops_only_when_on(tmp_path, fusion):
+    """`train --xla-fusion` lets XLA fuse element-wise ops (auto-clustering); by default the step is left unclustered.
+    XLA's own dump shows which: auto-clustered kernels are named cluster_N."""
+    dump = tmp_path / "xla"
+    args = ["train", "--runs-dir", str(tmp_path), "--run-name", "fusion", "--no-evaluate", *TINY_RUN,
+            "--steps-per-epoch", "3", "--epochs", "1", "--dev-bleu-sentences", "0"]
+    if fusion:
+        args.append("--xla-fusion")
+    env = {k: v for k, v in ENV.items() if k != "TF_XLA_FLAGS"}
+    out = subprocess.run([sys.executable, "-m", "keras_transformer", *args], capture_output=True, text=True, timeout=300,
+                         env={**env, "XLA_FLAGS": f"--xla_dump_to={dump}"})
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    clusters = [p.name for p in dump.glob("*cluster_*")] if dump.exists() else []
+    assert bool(clusters) == fusion, clusters[:3]
+    history = json.loads((tmp_path / "fusion" / "history.json").read_text())
+    assert np.isfinite(history[-1]["loss"])

@@ -115,6 +115,26 @@ def test_loss_ignores_padding(eps):
     np.testing.assert_allclose(float(loss(labels, changed)), base, atol=1e-6)
 
 
+@pytest.mark.parametrize("eps", [0.0, 0.1])
+def test_loss_gradient_matches_the_analytic_gradient(eps):
+    """The hand-written gradient of the one-pass loss equals d/dlogits of the textbook form:
+    (softmax - ((1 - eps) onehot + eps / V)) / tokens at real positions, and exactly 0 at padded ones."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(2)
+    labels = np.array([[3, 5, 1, 0, 0], [7, 2, 4, 9, 0]], "int32")
+    logits = tf.constant(rng.normal(scale=3.0, size=(2, 5, 11)).astype("float32"))
+    with tf.GradientTape() as tape:
+        tape.watch(logits)
+        value = MaskedSparseCategoricalCrossentropy(label_smoothing=eps)(labels, logits)
+    gradient = tape.gradient(value, logits).numpy()
+    vocab, mask = 11, (labels != 0)
+    target = (1 - eps) * np.eye(vocab)[labels] + eps / vocab
+    expected = (numpy_softmax(logits.numpy().astype(np.float64)) - target) * mask[..., None] / mask.sum()
+    np.testing.assert_allclose(gradient, expected, atol=1e-6)
+    assert np.all(gradient[~mask] == 0.0)
+
+
 def test_loss_all_padding_is_zero_not_nan():
     loss = MaskedSparseCategoricalCrossentropy(label_smoothing=0.1)
     assert float(loss(np.zeros((2, 3), "int32"), np.ones((2, 3, 5), "float32"))) == 0.0
