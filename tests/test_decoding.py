@@ -84,3 +84,18 @@ def test_translator_rejects_bad_input(translator):
     with pytest.raises(ValueError, match="strategy"):
         translator.translate(["설정"], strategy="magic")
     assert translator.translate([]) == []
+
+
+@pytest.mark.parametrize("jit_compile", [False, True])
+def test_first_argmax_is_tf_argmax_including_ties(jit_compile):
+    """Greedy's argmax (two reductions, for XLA's sake) picks the same token as tf.argmax, ties to the lowest index."""
+    from keras_transformer.decoding.greedy import first_argmax
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(64, 1000)).astype("float32")
+    logits[:8, 500:] = logits[:8].max(axis=1, keepdims=True)  # ties with the maximum, first at index 500 or earlier
+    logits[8] = 0.0  # an all-equal row: index 0
+    logits[9, [7, 3, 900]] = 100.0
+    chosen = tf.function(first_argmax, jit_compile=jit_compile)(tf.constant(logits)).numpy()
+    np.testing.assert_array_equal(chosen, tf.argmax(logits, axis=-1, output_type=tf.int32).numpy())
+    assert chosen[8] == 0 and chosen[9] == 3 and chosen.dtype == np.int32

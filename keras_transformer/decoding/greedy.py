@@ -13,4 +13,16 @@ def greedy_search(model, config, encoder_inputs, max_steps, use_cache=True):
     >>> ids, scores = greedy_search(model, config, encoder_ids, max_steps=32)  # doctest: +SKIP
     """
     state = DecoderState(model, config, encoder_inputs, max_steps, use_cache=use_cache)
-    return decode_loop(state, lambda logits, step: tf.argmax(logits, axis=-1, output_type=tf.int32))
+    return decode_loop(state, lambda logits, step: first_argmax(logits))
+
+
+def first_argmax(logits):
+    """`tf.argmax(logits, axis=-1)` (int32; ties go to the lowest index, as there), as two plain reductions: the
+    largest value, then the lowest index that holds it. XLA's CPU argmax is one reduction over (value, index) pairs
+    that does not vectorize; this form made greedy decoding 7-10% faster per token at batch 1 and 32 (bench
+    `decoding` section) and converts to TFLite builtins. A row with NaN gets the last index instead of an error."""
+    vocab = tf.shape(logits)[-1]
+    largest = tf.reduce_max(logits, axis=-1, keepdims=True)
+    index = tf.range(vocab, dtype=tf.int32)[None, :]
+    first = tf.reduce_min(tf.where(logits >= largest, index, vocab), axis=-1)
+    return tf.minimum(first, vocab - 1)
