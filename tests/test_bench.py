@@ -63,3 +63,23 @@ def test_bench_quick_writes_all_sections(tmp_path):
 
     assert all(math.isfinite(x) and x >= 0 for x in _numbers({k: v for k, v in results.items() if k != "meta"}))
     assert "| configuration |" in completed.stdout  # the markdown table
+
+
+def test_precision_benchmark_quick_compares_both_runs(tmp_path):
+    """`bench/precision.py --quick` trains once per precision with the same settings and reports dev BLEU for each."""
+    out = tmp_path / "precision.json"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    completed = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "precision.py"), "--quick", "--out", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-3000:]
+    results = json.loads(out.read_text())
+    assert set(results["runs"]) == {"mixed_bfloat16", "float32"}
+    for row in results["runs"].values():
+        assert row["steps"] == 5 and len(row["dev_bleu_per_epoch"]) == 1 and row["training_seconds"] > 0
+        assert all(math.isfinite(x) for x in row["loss_per_epoch"])
+    bf16, fp32 = (results["runs"][p]["dev_bleu_per_epoch"][-1] for p in ("mixed_bfloat16", "float32"))
+    assert results["final_dev_bleu_difference_bf16_minus_fp32"] == round(bf16 - fp32, 2)
+    assert results["within_0.5_bleu"] == (bf16 >= fp32 - 0.5)
+    assert "final dev BLEU" in completed.stdout
