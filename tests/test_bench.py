@@ -24,15 +24,19 @@ def _numbers(value):
             yield from _numbers(item)
 
 
-def test_bench_quick_writes_all_sections(tmp_path):
-    out = tmp_path / "results.json"
+def run_quick(script, out):
+    """Runs `bench/<script> --quick --out <out>`; returns the finished process and the JSON it wrote."""
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
     completed = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "bench.py"), "--quick", "--out", str(out)],
+        [sys.executable, str(ROOT / "bench" / script), "--quick", "--out", str(out)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )
-    assert completed.returncode == 0, completed.stderr[-3000:]
-    results = json.loads(out.read_text())
+    assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-3000:]
+    return completed, json.loads(out.read_text())
+
+
+def test_bench_quick_writes_all_sections(tmp_path):
+    completed, results = run_quick("bench.py", tmp_path / "results.json")
     assert {"meta", "machine", "training", "decoding", "end_to_end"} <= set(results)
 
     for row in results["machine"]["matmul"].values():
@@ -67,14 +71,7 @@ def test_bench_quick_writes_all_sections(tmp_path):
 
 def test_precision_benchmark_quick_compares_both_runs(tmp_path):
     """`bench/precision.py --quick` trains once per precision with the same settings and reports dev BLEU for each."""
-    out = tmp_path / "precision.json"
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-    completed = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "precision.py"), "--quick", "--out", str(out)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
-    )
-    assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-3000:]
-    results = json.loads(out.read_text())
+    completed, results = run_quick("precision.py", tmp_path / "precision.json")
     assert set(results["runs"]) == {"mixed_bfloat16", "float32"}
     for row in results["runs"].values():
         assert row["steps"] == 5 and len(row["dev_bleu_per_epoch"]) == 1 and row["training_seconds"] > 0
