@@ -113,6 +113,24 @@ def test_evaluate_translate_and_plot(trained_run, tmp_path):
     assert any(name.startswith("cross_attention") for name in names)
 
 
+def test_the_readme_main_job_exports_both_artefacts_from_the_command_line(trained_run, tmp_path):
+    """The README's main job ends with `export --format saved_model` and `export --format tflite --quantize dynamic`:
+    TF Serving's layout, a .tflite file with the tokenizers beside it, and both translate like the run directory."""
+    run_dir, exports = trained_run[0], tmp_path / "exports"
+    for fmt in (["--format", "saved_model"], ["--format", "tflite", "--quantize", "dynamic"]):
+        out = cli("export", "--model", str(run_dir), *fmt, "--out", str(exports))
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert (exports / "translator" / "1" / "saved_model.pb").exists()
+    assert (exports / "translator.tflite").stat().st_size > 0 and (exports / "source.model").exists()
+    sentences = ["설정", "파일을 열 수 없습니다"]
+    keras_out = cli("translate", "--model", str(run_dir), *sentences)
+    served = cli("translate", "--model", str(exports / "translator"), *sentences)
+    assert keras_out.returncode == served.returncode == 0, keras_out.stderr[-2000:] + served.stderr[-2000:]
+    assert served.stdout == keras_out.stdout and len(served.stdout.splitlines()) == 2
+    mobile = cli("translate", "--model", str(exports / "translator.tflite"), *sentences)  # int8 weights: may differ
+    assert mobile.returncode == 0 and len(mobile.stdout.splitlines()) == 2, mobile.stderr[-2000:]
+
+
 @pytest.mark.parametrize(
     "content, message",
     [
