@@ -43,6 +43,8 @@ from keras_transformer.runtime import XLA_FUSION_FLAGS
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+# `train --xla-fusion` (TrainingConfig.xla_fusion, opt-in): a worker environment; compiled again for every batch shape
+XLA_FUSION_ENV = {"TF_XLA_FLAGS": XLA_FUSION_FLAGS}
 RUN_DIR = Path("/tmp/main/saved_models/ko-en-small")
 START_ID, END_ID, PAD_ID = 2, 3, 0
 
@@ -177,13 +179,12 @@ def section_machine(args):
 def training_specs(args, model, variants=None):
     steps = 1 if args.quick else args.train_steps
     base = dict(model=model, steps=steps, warmup=1 if args.quick else 3, seed=0, threads=args.threads)
-    fusion = {"TF_XLA_FLAGS": XLA_FUSION_FLAGS}  # `train --xla-fusion` (TrainingConfig.xla_fusion), opt-in
     variants = variants or [
         ("keras-hub float32", dict(impl="hub", precision="float32", jit=False)),
         ("keras-hub float32 XLA", dict(impl="hub", precision="float32", jit=True)),
         ("ours float32", dict(impl="ours", precision="float32", jit=False)),
         ("ours mixed_bfloat16", dict(impl="ours", precision="mixed_bfloat16", jit=False)),
-        ("ours mixed_bfloat16 + XLA fusion", dict(impl="ours", precision="mixed_bfloat16", jit=False, env=fusion)),
+        ("ours mixed_bfloat16 + XLA fusion", dict(impl="ours", precision="mixed_bfloat16", jit=False, env=XLA_FUSION_ENV)),
         ("ours mixed_bfloat16 XLA", dict(impl="ours", precision="mixed_bfloat16", jit=True)),
     ]
     if args.quick:  # the two that matter, without XLA compiles, to stay fast
@@ -253,11 +254,10 @@ def section_end_to_end(args):
         pairs=400 if args.quick else args.e2e_pairs,
         threads=args.threads,
     )
-    fusion = {"TF_XLA_FLAGS": XLA_FUSION_FLAGS}  # `train --xla-fusion` (opt-in): compiled again for every batch shape
     specs = [
         {**common, "name": "bucketing (default boundaries)", "bucketing": True},
         {**common, "name": "no bucketing (everything padded to max_length)", "bucketing": False},
-        {**common, "name": "bucketing + XLA fusion", "bucketing": True, "env": fusion},
+        {**common, "name": "bucketing + XLA fusion", "bucketing": True, "env": XLA_FUSION_ENV},
     ]
     raw = interleaved(specs, "e2e", 1 if args.quick else args.repeats)
     rows = {}
@@ -497,7 +497,7 @@ def worker_versions(spec):
                 "tensorflow": tf.__version__,
                 "keras": keras.__version__,
                 "keras_hub": keras_hub.__version__,
-                "library_levers_in_tree": levers,  # bench/library_levers.patch applied
+                "library_levers_in_tree": levers,  # the library's kept levers are in this tree (levers.require_levers)
             }
         }
     }

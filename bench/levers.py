@@ -14,12 +14,7 @@ import json
 import sys
 from pathlib import Path
 
-from keras_transformer.runtime import XLA_FUSION_FLAGS
-
 HERE = Path(__file__).resolve().parent
-# The library's opt-in XLA fusion (TrainingConfig.xla_fusion): auto-clustering of element-wise/reduction ("fusible")
-# ops; the MatMuls stay on TensorFlow's oneDNN kernels (the bfloat16 AMX path that jit_compile=True loses).
-FUSION = {"TF_XLA_FLAGS": XLA_FUSION_FLAGS}
 
 
 # ---------------------------------------------------------------- the code before the levers (verbatim)
@@ -140,8 +135,8 @@ def old_accuracy():
 
 
 def require_levers():
-    """Refuses to measure "after" rows on a working tree where the library levers are missing (they are in
-    bench/library_levers.patch): otherwise "after" would silently time the old code."""
+    """Refuses to measure "after" rows on a working tree where the library levers are missing (an older
+    checkout): otherwise "after" would silently time the old code."""
     import keras_transformer.losses as losses
     from keras_transformer.layers.multi_head_attention import MultiHeadAttention
 
@@ -310,7 +305,7 @@ def main(argv=None):
     variants = {
         "before (library levers off)": dict(patches=["old_all"]),
         "after (library levers on)": dict(patches=[]),
-        "after + XLA fusion (opt-in)": dict(patches=[], env=FUSION),
+        "after + XLA fusion (opt-in)": dict(patches=[], env=bench.XLA_FUSION_ENV),
         "after, without the accuracy lever": dict(patches=["old_accuracy"]),
         "after, without the loss lever": dict(patches=["old_loss"]),
         "after, without the attention-dropout lever": dict(patches=["old_attention"]),
