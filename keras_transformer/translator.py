@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +17,9 @@ from keras_transformer.decoding import beam_search, greedy_search, sample
 
 STRATEGIES = ("greedy", "beam", "sample")
 
+# Greedy batches of at least this many sentences are split into `decode_shards` parts decoded at the same time.
+MIN_SHARDED_BATCH = 16
+
 
 class Translator:
     """Translates batches of sentences with a trained Transformer.
@@ -23,19 +28,29 @@ class Translator:
     distinct shapes, so the compiled decoder is reused), decoded with the cached XLA-compiled loop, and
     detokenized back in the original order.
 
+    Greedy batches of 16 or more sentences are split into `decode_shards` equal parts, each decoded by the same
+    compiled loop in its own thread, at the same time. A decode step is a chain of small ops that XLA runs one after
+    another, so one loop keeps about one core busy; two loops side by side use both. On a 2-core CPU this made a
+    batch of 32 about 20% faster per token (bench/bench.py, `decoding`). Rows never interact, so the tokens are the
+    same as from one loop.
+
     Args:
         model: a model from `build_transformer` (trained).
         config: its `TransformerConfig`.
         source_tokenizer, target_tokenizer: `keras_transformer.data.SubwordTokenizer`s it was trained with.
         max_output_length: longest translation in tokens (default: `config.max_length - 1`).
         jit_compile: compile the decode loop with XLA.
+        decode_shards: how many greedy loops to run side by side on a batch of 16 or more; `"auto"` (default): 2
+            where this process may use 2 or more CPU cores and there is no GPU, else 1. 1 turns it off.
 
     Example:
     >>> translator = Translator.load("saved_models/ko-en-small")  # doctest: +SKIP
     >>> translator.translate(["어제 카페 갔었어 거기 사람 많더라"])  # doctest: +SKIP
     """
 
-    def __init__(self, model, config, source_tokenizer, target_tokenizer, max_output_length=None, jit_compile=True):
+    def __init__(
+        self, model, config, source_tokenizer, target_tokenizer, max_output_length=None, jit_compile=True, decode_shards="auto"
+    ):
         self.model = model
         self.config = config
         self.source_tokenizer = source_tokenizer
@@ -47,7 +62,9 @@ class Translator:
                 f"got {max_output_length}."
             )
         self.jit_compile = jit_compile
+        self.decode_shards = resolve_decode_shards(decode_shards)
         self._compiled = {}
+        self._pool = None
 
     @classmethod
     def load(cls, path, **kwargs) -> "Translator":
@@ -146,8 +163,35 @@ class Translator:
             # One trace for all shapes; XLA compiles once per padded shape (lengths are multiples of 8).
             signature = [tf.TensorSpec([None, None], tf.int32)]
             self._compiled[key] = tf.function(fn, input_signature=signature, jit_compile=self.jit_compile)
-        ids, scores = self._compiled[key](tf.constant(encoder_ids, tf.int32))
+            self._compiled[key].get_concrete_function()  # trace now, in this thread: Keras' global state is per thread
+        decode = self._compiled[key]
+        encoder_ids = np.asarray(encoder_ids, np.int32)
+        if strategy == "greedy" and self.decode_shards > 1 and len(encoder_ids) >= MIN_SHARDED_BATCH:
+            return self._decode_in_shards(decode, encoder_ids)
+        ids, scores = decode(tf.constant(encoder_ids))
         return ids.numpy(), scores.numpy()
+
+    def _decode_in_shards(self, decode, encoder_ids):
+        """`decode` on `decode_shards` contiguous slices of the batch at the same time, results in batch order."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.decode_shards, thread_name_prefix="keras-transformer-decode")
+        parts = np.array_split(encoder_ids, self.decode_shards)
+        futures = [self._pool.submit(lambda part=part: [t.numpy() for t in decode(tf.constant(part))]) for part in parts]
+        results = [future.result() for future in futures]
+        return np.concatenate([ids for ids, _ in results]), np.concatenate([scores for _, scores in results])
+
+
+def resolve_decode_shards(decode_shards):
+    """`"auto"` -> 2 where this process may run on 2 or more CPU cores and there is no GPU (measured on CPU only),
+    else 1; an int >= 1 as it is."""
+    if decode_shards == "auto":
+        if tf.config.list_physical_devices("GPU"):
+            return 1
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return 2 if cores >= 2 else 1
+    if isinstance(decode_shards, bool) or not isinstance(decode_shards, int) or decode_shards < 1:
+        raise ValueError(f"decode_shards must be \"auto\" or an integer >= 1, got {decode_shards!r}.")
+    return decode_shards
 
 
 def pad_batch(sequences, multiple=8, max_length=None, pad_id=PAD_ID):

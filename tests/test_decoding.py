@@ -31,6 +31,39 @@ def test_cached_greedy_equals_full_recomputation_on_a_trained_model(translator, 
     assert ((cached != PAD_ID) & (cached != END_ID)).sum() > len(sources)  # real tokens, not only END
 
 
+@pytest.mark.parametrize("batch", [24, 17])
+def test_greedy_in_two_shards_gives_the_tokens_of_one_loop_in_batch_order(tiny_run_dir, sources, batch):
+    one = Translator.load(tiny_run_dir, decode_shards=1)
+    two = Translator.load(tiny_run_dir, decode_shards=2)
+    encoder_ids = pad_batch(one.encode_sources(sources[:batch]), max_length=one.config.max_length)
+    single, single_scores = one.translate_ids(encoder_ids, "greedy")
+
+    two.translate_ids(encoder_ids[:1], "greedy")  # builds the compiled loop; then record the batches it is given
+    (key,) = two._compiled
+    loop, seen = two._compiled[key], []
+    two._compiled[key] = lambda ids: seen.append(tuple(ids.shape)) or loop(ids)
+    sharded, sharded_scores = two.translate_ids(encoder_ids, "greedy")
+
+    width = encoder_ids.shape[1]
+    assert sorted(seen) == sorted([((batch + 1) // 2, width), (batch // 2, width)])  # two halves, not one batch
+    np.testing.assert_array_equal(sharded, single)
+    np.testing.assert_allclose(sharded_scores, single_scores, atol=1e-5)
+    assert ((single != PAD_ID) & (single != END_ID)).sum() > batch  # real tokens, not only END
+
+
+def test_decode_shards_auto_and_bad_values(monkeypatch):
+    import keras_transformer.translator as translator_module
+
+    monkeypatch.setattr(translator_module.os, "sched_getaffinity", lambda pid: {0}, raising=False)
+    assert translator_module.resolve_decode_shards("auto") == 1
+    monkeypatch.setattr(translator_module.os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert translator_module.resolve_decode_shards("auto") == 2
+    assert translator_module.resolve_decode_shards(3) == 3
+    for bad in (0, -1, 1.5, "two", True):
+        with pytest.raises(ValueError, match="decode_shards"):
+            translator_module.resolve_decode_shards(bad)
+
+
 def test_every_sequence_stops_at_its_own_end(translator, sources):
     encoder_ids = pad_batch(translator.encode_sources(sources), max_length=translator.config.max_length)
     ids, _ = translator.translate_ids(encoder_ids, "greedy")
