@@ -746,6 +746,7 @@ def worker_decode(spec):
     projection.bias.assign(bias)
     translator = Translator(ours, config, None, None, max_output_length=steps)  # decode_shards="auto"
     one_loop = Translator(ours, config, None, None, max_output_length=steps, decode_shards=1)
+    one_loop_name = "ours greedy, cached, XLA, one loop (decode_shards=1)"
     bf16_translator = None
     if spec.get("bf16", True):  # what Translator.load gives for a model trained under mixed_bfloat16
         keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
@@ -764,7 +765,7 @@ def worker_decode(spec):
         "ours greedy, cached, XLA": lambda ids: translator.translate_ids(ids, "greedy", use_cache=True)[0],
     }
     if translator.decode_shards > 1:  # the same loop, one batch at a time (what batch 1 always gets)
-        candidates["ours greedy, cached, XLA, one loop (decode_shards=1)"] = lambda ids: one_loop.translate_ids(ids, "greedy")[0]
+        candidates[one_loop_name] = lambda ids: one_loop.translate_ids(ids, "greedy")[0]
     if bf16_translator is not None:
         candidates["ours greedy, cached, XLA, mixed_bfloat16 model"] = lambda ids: bf16_translator.translate_ids(ids, "greedy")[0]
     if spec.get("uncached", True):
@@ -804,7 +805,6 @@ def worker_decode(spec):
             str(b): round(results[hub_name][str(b)]["ms_per_token"] / results[cached][str(b)]["ms_per_token"], 2) for b in inputs
         }
     }
-    one_loop_name = "ours greedy, cached, XLA, one loop (decode_shards=1)"
     if one_loop_name in results:
         ratios["ours cached, decode_shards auto vs 1 (speedup)"] = {
             str(b): round(results[one_loop_name][str(b)]["ms_per_token"] / results[cached][str(b)]["ms_per_token"], 2) for b in inputs
