@@ -37,9 +37,9 @@ NAME = "translator"
 HTTP_TIMEOUT = 30
 
 
-@pytest.fixture(scope="module")
-def exported(tmp_path_factory):
-    """(translator, model base path, pool of source sentences, {sentence: (translation, score)})."""
+def make_export(export_dir):
+    """Exports a tiny untrained translator to `<export_dir>/translator/1`: (translator, model base path, pool of
+    source sentences, {sentence: (translation, score)}). Also used by tests/test_serving_hardening.py."""
     keras.utils.set_random_seed(1234)
     keras.mixed_precision.set_global_policy("float32")
     dev = load_bundled_corpus("dev")
@@ -52,7 +52,6 @@ def exported(tmp_path_factory):
     )
     model = build_transformer(config)
     translator = Translator(model, config, source_tokenizer, target_tokenizer, max_output_length=MAX_OUTPUT_LENGTH)
-    export_dir = tmp_path_factory.mktemp("exports")
     version_dir = export_saved_model(translator, export_dir, model_name=NAME)
     assert version_dir == export_dir / NAME / "1"
     pool = list(dict.fromkeys(dev.sources[300:348]))  # sentences the tokenizers did not see, deduplicated
@@ -61,6 +60,22 @@ def exported(tmp_path_factory):
         translations, scores = translator.translate(pool, return_scores=True)
     reference = {source: (text, score) for source, text, score in zip(pool, translations, scores)}
     return translator, export_dir / NAME, pool, reference
+
+
+_SHARED = {}
+
+
+def shared_export(tmp_path_factory):
+    """`make_export` once per test session, shared by the serving test modules (tests must not write into it)."""
+    if "export" not in _SHARED:
+        _SHARED["export"] = make_export(tmp_path_factory.mktemp("exports"))
+    return _SHARED["export"]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """(translator, model base path, pool of source sentences, {sentence: (translation, score)})."""
+    return shared_export(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

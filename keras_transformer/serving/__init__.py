@@ -1,7 +1,7 @@
-"""Serving: TensorFlow Serving's REST API for an `export_saved_model` export, with the standard library only.
+"""Serving: TensorFlow Serving's REST and gRPC APIs for an `export_saved_model` export (see server.py).
 
-`serve(...)` blocks (the `keras-transformer serve` command); `ModelServer(...).start()` serves from a background
-thread (tests, notebooks). Importing this package does not import TensorFlow.
+`serve(...)` blocks (the `keras-transformer serve` command); `ModelServer(...).start()` serves from background
+threads (tests, notebooks). Importing this package does not import TensorFlow.
 """
 
 from keras_transformer.serving import server as _server
