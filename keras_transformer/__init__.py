@@ -1,8 +1,11 @@
 """keras-transformer: the Transformer of "Attention Is All You Need" as readable Keras 3 code.
 
+The model is a keras-hub model: `TransformerBackbone` (the paper's network, from our own layers),
+`TransformerSeq2SeqLMPreprocessor` (text to ids), `TransformerSeq2SeqLM` (the task: fit, generate, presets).
+
 The public names below are imported on first use, so that `import keras_transformer` (and the command line's
 `--help`) does not pay TensorFlow's start-up cost until something needs it. To load a saved `.keras` model,
-use `keras_transformer.load_model(path)`: it registers this package's layers before Keras reads the file.
+use `keras_transformer.load_model(path)`: it registers this package's classes before Keras reads the file.
 """
 
 import importlib
@@ -14,16 +17,20 @@ _EXPORTS = {
     "TransformerConfig": "keras_transformer.config",
     "MaskedSparseCategoricalCrossentropy": "keras_transformer.losses",
     "MaskedAccuracy": "keras_transformer.metrics",
-    "Transformer": "keras_transformer.model",
     "build_transformer": "keras_transformer.model",
+    "TransformerBackbone": "keras_transformer.backbone",
+    "TransformerSeq2SeqLM": "keras_transformer.seq_2_seq_lm",
+    "TransformerSeq2SeqLMPreprocessor": "keras_transformer.preprocessor",
+    "SubwordTokenizer": "keras_transformer.data.tokenizer",
     "create_optimizer": "keras_transformer.optimizers",
     "WarmupSchedule": "keras_transformer.schedules",
     "Translator": "keras_transformer.translator",
     "TrainingConfig": "keras_transformer.config",
     "train": "keras_transformer.training",
 }
-_SUBMODULES = {"config", "data", "decoding", "evaluation", "layers", "losses", "masks", "metrics", "model",
-               "optimizers", "plotting", "schedules", "training", "translator"}
+_SUBMODULES = {"backbone", "config", "data", "decoding", "evaluation", "files", "layers", "losses", "masks", "metrics",
+               "model", "optimizers", "plotting", "preprocessor", "run_directory", "schedules", "seq_2_seq_lm", "training",
+               "translator"}
 
 __all__ = sorted(_EXPORTS) + ["load_model"]
 
@@ -32,7 +39,7 @@ def load_model(path, compile=False):
     """`keras.models.load_model` for models of this package (registers its layers first)."""
     import keras
 
-    importlib.import_module("keras_transformer.model")  # registers every custom layer
+    importlib.import_module("keras_transformer.seq_2_seq_lm")  # registers the task, backbone, preprocessor, tokenizer, layers
     for module in ("keras_transformer.losses", "keras_transformer.metrics", "keras_transformer.schedules"):
         importlib.import_module(module)
     return keras.models.load_model(path, compile=compile)

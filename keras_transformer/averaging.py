@@ -3,7 +3,7 @@
 Training (`keras_transformer.training.EpochCheckpoints`) writes `checkpoints/epoch-NNNN.npz` after every epoch:
 `np.savez(path, *model.get_weights())`, i.e. arrays `arr_0, arr_1, ...` in `model.get_weights()` order.
 `average_checkpoints` takes the newest `last` of them, averages every weight element-wise and saves a
-float32 model built from the run's `config.json`:
+float32 `TransformerSeq2SeqLM` built from the run's `config.json`, with the run's tokenizers:
 
     python -m keras_transformer average --model saved_models/ko-en-small --last 5
 
@@ -12,8 +12,6 @@ The averaged model is a `.keras` file like `model.keras`: load it with `keras_tr
 
 from __future__ import annotations
 
-import json
-import os
 import re
 import warnings
 from pathlib import Path
@@ -75,75 +73,54 @@ def average_checkpoints(run_dir, last: int = 5, out=None) -> Path:
     """Averages the newest `last` epoch checkpoints of `run_dir` into a float32 `.keras` model.
 
     Args:
-        run_dir: a run directory with `config.json` and `checkpoints/epoch-*.npz`.
+        run_dir: a run directory with `config.json`, its tokenizers and `checkpoints/epoch-*.npz`.
         last: how many of the newest checkpoints to average (>= 1). If fewer exist, warns and averages those.
         out: output path ending in `.keras` (default `<run_dir>/averaged.keras`); written atomically.
 
     Returns:
-        The path of the saved model.
+        The path of the saved model: a `TransformerSeq2SeqLM` with the run's tokenizers, like `model.keras`.
     """
-    import keras
+    from keras_transformer.backbone import TransformerBackbone
+    from keras_transformer.run_directory import RunDirectory, save_inference_model
+    from keras_transformer.seq_2_seq_lm import TransformerSeq2SeqLM
 
-    from keras_transformer.config import TransformerConfig
-    from keras_transformer.model import build_transformer
-
-    run_dir = Path(run_dir)
+    run = RunDirectory(run_dir)
     if isinstance(last, bool) or not isinstance(last, int) or last < 1:
         raise ValueError(f"last must be an integer >= 1 (how many checkpoints to average), got {last!r}.")
-    config_path = run_dir / "config.json"
-    if not config_path.is_file():
-        raise FileNotFoundError(f"{config_path} does not exist: is {run_dir} a run directory (saved_models/<run-name>)?")
-    values = json.loads(config_path.read_text())
-    if not isinstance(values, dict) or not isinstance(values.get("model"), dict):
-        raise ValueError(f"{config_path} has no 'model' section with the model's settings.")
-    config = TransformerConfig.from_dict(values["model"])
-    checkpoints = list_checkpoints(run_dir)
+    config = run.model_config()
+    checkpoints = list_checkpoints(run.path)
     if not checkpoints:
         raise FileNotFoundError(
-            f"No checkpoints in {run_dir / 'checkpoints'} (epoch-NNNN.npz): training writes one per epoch when "
+            f"No checkpoints in {run.checkpoints_dir} (epoch-NNNN.npz): training writes one per epoch when "
             "keep_checkpoints > 0."
         )
+    out = Path(out) if out is not None else run.path / "averaged.keras"
+    if out.suffix != ".keras":
+        raise ValueError(f"The output path must end in .keras, got {out}.")
     if len(checkpoints) < last:
         warnings.warn(
-            f"Asked to average the last {last} checkpoints, but {run_dir / 'checkpoints'} holds only "
+            f"Asked to average the last {last} checkpoints, but {run.checkpoints_dir} holds only "
             f"{len(checkpoints)}: averaging those.",
             stacklevel=2,
         )
     chosen = checkpoints[-last:]
     averaged = average_weights([load_checkpoint(path) for path in chosen])
 
-    out = Path(out) if out is not None else run_dir / "averaged.keras"
-    if out.suffix != ".keras":
-        raise ValueError(f"The output path must end in .keras, got {out}.")
-    previous_policy = keras.mixed_precision.dtype_policy()
-    keras.mixed_precision.set_dtype_policy("float32")
-    try:
-        model = build_transformer(config)
-        example = {"encoder_inputs": np.ones((1, 4), "int32"), "decoder_inputs": np.ones((1, 4), "int32")}
-        model(example)
-    finally:
-        keras.mixed_precision.set_dtype_policy(previous_policy)
-    expected = [tuple(w.shape) for w in model.weights]
+    backbone = TransformerBackbone.from_transformer_config(config, dtype="float32")
+    expected = [tuple(w.shape) for w in backbone.weights]
     found = [tuple(w.shape) for w in averaged]
     if expected != found:
         if len(expected) != len(found):
             detail = f"the model has {len(expected)} weight arrays, the checkpoints {len(found)}"
         else:
             index = next(i for i, (a, b) in enumerate(zip(expected, found)) if a != b)
-            detail = f"weight {index} ({model.weights[index].path}) has shape {expected[index]} in the model, {found[index]} in the checkpoints"
+            detail = f"weight {index} ({backbone.weights[index].path}) has shape {expected[index]} in the model, {found[index]} in the checkpoints"
         raise ValueError(
-            f"The checkpoints in {run_dir / 'checkpoints'} do not fit the model of {config_path}: {detail}. "
+            f"The checkpoints in {run.checkpoints_dir} do not fit the model of {run.config_path}: {detail}. "
             "Were they written by a run with another config?"
         )
-    model.set_weights(averaged)
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.tmp.keras")
-    try:
-        model.save(tmp)
-        os.replace(tmp, out)  # never a half-written model
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    backbone.set_weights(averaged)
+    preprocessor = run.load_preprocessor()
+    save_inference_model(TransformerSeq2SeqLM(backbone, preprocessor, compile=False), out)
     print(f"Averaged {len(chosen)} checkpoint(s): {', '.join(p.name for p in chosen)}.")
     return out

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 from pathlib import Path
 
@@ -24,15 +23,17 @@ def corpus_scores(hypotheses, references) -> dict:
     }
 
 
-def evaluate(translator, corpus, out_dir=None, batch_size=64, **translate_options) -> dict:
-    """Translates `corpus.sources`, scores against `corpus.targets`; with `out_dir`, writes `hypotheses.txt`
-    (one line per source) and `report.json`. Returns the report."""
+def evaluate(translator, corpus, out_dir=None, batch_size=64, decoding=None, **decoding_options) -> dict:
+    """Translates `corpus.sources` (with `decoding` and its options, see `Translator.translate`), scores against
+    `corpus.targets`; with `out_dir`, writes `hypotheses.txt` (one line per source) and `report.json`, each
+    atomically. Returns the report."""
     started = time.time()
-    hypotheses = translator.translate(corpus.sources, batch_size=batch_size, **translate_options)
+    hypotheses = translator.translate(corpus.sources, decoding=decoding, batch_size=batch_size, **decoding_options)
     seconds = time.time() - started
     report = {
         "corpus": str(getattr(corpus, "path", "")),
         "sentences": len(hypotheses),
+        "decoding": {"name": decoding or ("beam" if (decoding_options.get("beam_size") or 1) > 1 else "greedy"), **decoding_options},
         **corpus_scores(hypotheses, corpus.targets),
         "decode_seconds": round(seconds, 1),
         "sentences_per_second": round(len(hypotheses) / max(seconds, 1e-9), 1),
@@ -42,8 +43,9 @@ def evaluate(translator, corpus, out_dir=None, batch_size=64, **translate_option
         ],
     }
     if out_dir is not None:
+        from keras_transformer.files import atomic_write, atomic_write_json
+
         out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "hypotheses.txt").write_text("".join(h.replace("\n", " ") + "\n" for h in hypotheses), encoding="utf-8")
-        (out_dir / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+        atomic_write(out_dir / "hypotheses.txt", "".join(h.replace("\n", " ") + "\n" for h in hypotheses))
+        atomic_write_json(out_dir / "report.json", report)
     return report

@@ -157,19 +157,15 @@ def _piece(tokenizer, token_id: int) -> str:
     return f"<{token_id}>"
 
 
-def plot_attention_for_sentence(
-    model, config, source_tokenizer, target_tokenizer, source_text, target_text, out_dir, layer=-1
-):
+def plot_attention_for_sentence(translator, source_text, target_text, out_dir, layer=-1):
     """Encoder self-attention, decoder self-attention and cross-attention of one layer for one sentence pair.
 
-    The encoder reads the source ids followed by END; the decoder reads START followed by the target ids
-    (just START when ``target_text`` is None), as in teacher forcing. Tokenizers need ``encode(str) -> ids``
-    and ``id_to_piece`` (a list id -> piece, or a method).
+    The ids come from the translator's preprocessor, as in training: the encoder reads the source ids followed by
+    END (cut to the model's max_length), the decoder reads START followed by the target ids (just START when
+    ``target_text`` is None).
 
     Args:
-        model: a model from ``build_transformer``.
-        config: its ``TransformerConfig``.
-        source_tokenizer, target_tokenizer: tokenizers of the two languages.
+        translator: a ``keras_transformer.Translator`` (its model, config and tokenizers).
         source_text: the source sentence.
         target_text: the target sentence, or None.
         out_dir: folder for the three PNGs (created if missing).
@@ -178,27 +174,23 @@ def plot_attention_for_sentence(
     Returns:
         The paths of the three PNGs: encoder self-attention, decoder self-attention, cross-attention.
     """
-    from keras_transformer.model import attention_weights
-
-    if getattr(config, "encoder_input_dim", None) is not None:
+    config = translator.config
+    if config.encoder_input_dim is not None:
         raise ValueError("plot_attention_for_sentence needs a model with token inputs (config.encoder_input_dim is set).")
     num_layers = int(config.num_layers)
     if not -num_layers <= int(layer) < num_layers:
         raise ValueError(f"layer must be in [{-num_layers}, {num_layers - 1}] for a {num_layers}-layer model, got {layer}.")
     layer_index = int(layer) % num_layers
 
-    encoder_ids = [int(i) for i in source_tokenizer.encode(source_text)] + [END_ID]
-    decoder_ids = [START_ID]
-    if target_text is not None:
-        decoder_ids += [int(i) for i in target_tokenizer.encode(target_text)]
-    source_pieces = [_piece(source_tokenizer, i) for i in encoder_ids]
-    target_pieces = [_piece(target_tokenizer, i) for i in decoder_ids]
+    encoder_ids, decoder_ids = translator.preprocessor.pair_ids(source_text, target_text)
+    source_pieces = [_piece(translator.source_tokenizer, i) for i in encoder_ids]
+    target_pieces = [_piece(translator.target_tokenizer, i) for i in decoder_ids]
 
     with warnings.catch_warnings():
         # A START-only decoder input makes Keras warn about a softmax over one key; that is expected here.
         warnings.filterwarnings("ignore", message="You are using a softmax over axis", category=UserWarning)
-        weights = attention_weights(
-            model, config, np.asarray(encoder_ids, dtype="int32")[None], np.asarray(decoder_ids, dtype="int32")[None]
+        weights = translator.model.attention_weights(
+            np.asarray(encoder_ids, dtype="int32")[None], np.asarray(decoder_ids, dtype="int32")[None]
         )
     layer_label = f"layer {layer_index + 1} of {num_layers}"
     panels = [

@@ -85,11 +85,31 @@ def test_beam_search_of_width_one_is_greedy_and_nbest_is_sorted(translator, sour
         assert scores == sorted(scores, reverse=True)
 
 
-def test_beam_search_finds_at_least_as_likely_translations_as_greedy(translator, sources):
+def _teacher_forced_log_probability(translator, encoder_ids, tokens):
+    """Sum of log P(token) over each row of `tokens` up to and including its END, by running the full model."""
+    import keras
+
+    from keras_transformer.data import START_ID
+
+    decoder_inputs = np.concatenate([np.full((len(tokens), 1), START_ID, np.int32), tokens[:, :-1]], axis=1)
+    logits = translator._decode_model({"encoder_inputs": encoder_ids, "decoder_inputs": decoder_inputs})
+    log_probs = keras.ops.convert_to_numpy(keras.ops.log_softmax(logits, axis=-1))
+    chosen = np.take_along_axis(log_probs, tokens[:, :, None], axis=-1)[:, :, 0]
+    ended = np.cumsum(tokens == END_ID, axis=1) - (tokens == END_ID)  # 0 up to and including the first END
+    return np.where(ended == 0, chosen, 0.0).sum(axis=1)
+
+
+def test_beam_and_greedy_scores_are_the_log_probabilities_of_their_tokens(translator, sources):
+    """Each search's score is exactly what the full (uncached) model assigns to the tokens it returns; beam search
+    (alpha 0) keeps the best of its beams first. (Beam search is not guaranteed to beat greedy on every sentence:
+    a greedy prefix can leave the beam, so that is not asserted.)"""
     encoder_ids = pad_batch(translator.encode_sources(sources[:8]), max_length=translator.config.max_length)
-    _, greedy_scores = translator.translate_ids(encoder_ids, "greedy")
-    _, beam_scores = translator.translate_ids(encoder_ids, "beam", beam_size=4, alpha=0.0)
-    assert np.all(beam_scores[:, 0] >= greedy_scores - 1e-4)
+    greedy, greedy_scores = translator.translate_ids(encoder_ids, "greedy")
+    np.testing.assert_allclose(_teacher_forced_log_probability(translator, encoder_ids, greedy), greedy_scores, atol=2e-3)
+    beams, beam_scores = translator.translate_ids(encoder_ids, "beam", beam_size=4, alpha=0.0)
+    for k in range(4):
+        np.testing.assert_allclose(_teacher_forced_log_probability(translator, encoder_ids, beams[:, k]), beam_scores[:, k], atol=2e-3)
+    assert np.all(np.diff(beam_scores, axis=1) <= 1e-6)
 
 
 def test_length_penalty_is_gnmt():
@@ -98,24 +118,26 @@ def test_length_penalty_is_gnmt():
 
 
 def test_sampling_is_seeded_and_top_k_one_is_greedy(translator, sources):
-    a = translator.translate(sources[:6], strategy="sample", seed=3, temperature=1.5)
-    b = translator.translate(sources[:6], strategy="sample", seed=3, temperature=1.5)
-    c = translator.translate(sources[:6], strategy="sample", seed=4, temperature=1.5)
+    a = translator.translate(sources[:6], decoding="sample", seed=3, temperature=1.5)
+    b = translator.translate(sources[:6], decoding="sample", seed=3, temperature=1.5)
+    c = translator.translate(sources[:6], decoding="sample", seed=4, temperature=1.5)
     assert a == b and a != c
-    assert translator.translate(sources[:6], strategy="sample", top_k=1, seed=9) == translator.translate(sources[:6])
+    assert translator.translate(sources[:6], decoding="sample", top_k=1, seed=9) == translator.translate(sources[:6])
 
 
 @pytest.mark.parametrize("options, message", [({"temperature": 0}, "temperature"), ({"top_p": 1.5}, "top_p"), ({"top_k": -1}, "top_k")])
 def test_bad_sampling_options(translator, options, message):
     with pytest.raises(ValueError, match=message):
-        translator.translate(["설정"], strategy="sample", **options)
+        translator.translate(["설정"], decoding="sample", **options)
 
 
 def test_translator_rejects_bad_input(translator):
     with pytest.raises(TypeError):
         translator.translate([1, 2])
-    with pytest.raises(ValueError, match="strategy"):
-        translator.translate(["설정"], strategy="magic")
+    with pytest.raises(ValueError, match="Unknown decoding 'magic'"):
+        translator.translate(["설정"], decoding="magic")
+    with pytest.raises(ValueError, match="greedy decoding does not take beam_size"):
+        translator.translate(["설정"], decoding="greedy", beam_size=4)
     assert translator.translate([]) == []
 
 

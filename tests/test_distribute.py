@@ -419,8 +419,19 @@ def test_killed_worker_resumes_from_backup_after_restarting_both(tmp_path):
 
 
 def _fake_run(run_dir, config, offsets):
+    """A run directory with config.json, tokenizers whose sizes `config` is changed to, and checkpoints."""
     from keras_transformer import build_transformer
+    from keras_transformer.data import load_bundled_corpus
+    from keras_transformer.data.tokenizer import SubwordTokenizer
 
+    run_dir.mkdir(parents=True, exist_ok=True)
+    dev = load_bundled_corpus("dev").head(300)
+    sizes = []
+    for side, texts in (("source", dev.sources), ("target", dev.targets)):
+        tokenizer = SubwordTokenizer.train(texts, vocab_size=400, hard_vocab_limit=False)
+        tokenizer.save(run_dir, prefix=side)
+        sizes.append(tokenizer.vocab_size)
+    config = config.replace(src_vocab_size=sizes[0], tgt_vocab_size=sizes[1])
     model = build_transformer(config)
     model({"encoder_inputs": np.ones((1, 4), "int32"), "decoder_inputs": np.ones((1, 4), "int32")})
     weights = model.get_weights()
@@ -469,7 +480,8 @@ def test_averaging_errors(tmp_path, tiny_config):
         average_checkpoints(tmp_path / "run", last=2, out=tmp_path / "model.h5")
 
     # Checkpoints of another config.
-    (tmp_path / "run" / "config.json").write_text(json.dumps({"model": tiny_config.replace(dff=48).to_dict()}))
+    config = json.loads((tmp_path / "run" / "config.json").read_text())["model"]
+    (tmp_path / "run" / "config.json").write_text(json.dumps({"model": {**config, "dff": 48}}))
     with pytest.raises(ValueError, match="do not fit the model.*another config"):
         average_checkpoints(tmp_path / "run", last=2)
     for path in (tmp_path / "run" / "checkpoints").iterdir():
@@ -545,5 +557,5 @@ def test_averaged_real_run_translates(trained_tiny_run):
     assert averaged_loss < first_loss and averaged_loss < last_loss + 0.1, (averaged_loss, first_loss, last_loss)
 
     sentences = ["어제 카페 갔었어 거기 사람 많더라"] + load_bundled_corpus("dev").sources[:7]
-    outputs = Translator(model, config, source, target).translate(sentences)
+    outputs = Translator(model).translate(sentences)
     assert len(outputs) == len(sentences) and all(isinstance(o, str) for o in outputs)

@@ -7,7 +7,6 @@ from keras_transformer.data.pipeline import (
     PipelineStats,
     default_bucket_boundaries,
     make_dataset,
-    make_encoder_inputs,
     padding_share,
 )
 from keras_transformer.data.tokenizer import END_ID, PAD_ID, START_ID, SubwordTokenizer
@@ -137,20 +136,30 @@ def test_drop_remainder_repeat_and_no_shuffle(setup):
     assert len(batches(repeated.take(3 * stats.num_batches))) == 3 * stats.num_batches
 
 
-def test_make_encoder_inputs_matches_training(setup):
-    dev, src_tok, _ = setup
+def test_preprocessor_encoder_ids_are_those_of_training(setup):
+    """The preprocessor (what decoding and the exports use) gives the encoder inputs the training batches hold."""
+    from keras_transformer.preprocessor import TransformerSeq2SeqLMPreprocessor
+
+    dev, src_tok, tgt_tok = setup
     texts = dev.sources[:3]
-    encoder = make_encoder_inputs(src_tok, texts).numpy()
+    preprocessor = TransformerSeq2SeqLMPreprocessor(src_tok, tgt_tok, max_length=MAX_LENGTH)
+    encoder = preprocessor.generate_preprocess(texts)["encoder_inputs"].numpy()
     assert encoder.dtype == np.int32
     for row, text in zip(encoder, texts):
         ids = src_tok.encode(text) + [END_ID]
         assert row[: len(ids)].tolist() == ids and (row[len(ids):] == PAD_ID).all()
-    capped = make_encoder_inputs(src_tok, dev.sources[0], max_length=4).numpy()
-    assert capped.shape == (1, 4) and capped[0, -1] == END_ID
+    dataset, _ = make_dataset(texts, dev.targets[:3], src_tok, tgt_tok, max_length=MAX_LENGTH, batch_size=1,
+                              bucket_boundaries=[MAX_LENGTH], shuffle=False)
+    trained = sorted(tuple(int(t) for t in e[0] if t != PAD_ID) for e, _, _ in batches(dataset))
+    assert trained == sorted(tuple(int(t) for t in row if t != PAD_ID) for row in encoder)
+    short = TransformerSeq2SeqLMPreprocessor(src_tok, tgt_tok, max_length=4)
+    with pytest.warns(UserWarning, match="more than 3 tokens"):
+        capped = short.encode_sources([dev.sources[0]])
+    assert len(capped[0]) == 4 and capped[0][-1] == END_ID
 
     @tf.function(input_signature=[tf.TensorSpec([None], tf.string)])
     def encode(batch):
-        return make_encoder_inputs(src_tok, batch)
+        return preprocessor.generate_preprocess(batch)["encoder_inputs"]
 
     np.testing.assert_array_equal(encode(tf.constant(texts)).numpy(), encoder)
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from matplotlib.font_manager import FontProperties, findfont
 
-from keras_transformer import TransformerConfig, WarmupSchedule, build_transformer, plotting
+from keras_transformer import WarmupSchedule, plotting
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 KOREAN = ["어제", "카페", "갔었어", "▁요"]
@@ -24,17 +24,6 @@ def assert_png(path, min_bytes=2_000):
 
 def glyph_warnings(records):
     return [str(r.message) for r in records if "missing from" in str(r.message) or "Glyph" in str(r.message)]
-
-
-class FakeTokenizer:
-    """encode / id_to_piece like keras_transformer.data.tokenizer.SubwordTokenizer, on a fixed word list."""
-
-    def __init__(self, words):
-        self.id_to_piece = ["<pad>", "<unk>", "<s>", "</s>"] + list(words)
-        self._ids = {w: i for i, w in enumerate(self.id_to_piece)}
-
-    def encode(self, text):
-        return [self._ids.get(w, 1) for w in text.split()]
 
 
 def test_korean_font_is_found_and_resolves_to_nanumgothic():
@@ -103,16 +92,13 @@ def test_plot_attention_bad_max_heads(tmp_path):
         plotting.plot_attention(np.zeros((2, 1, 1)), ["a"], ["b"], tmp_path / "bad.png", max_heads=0)
 
 
-def test_plot_attention_for_sentence(tmp_path):
-    config = TransformerConfig.from_preset("tiny", src_vocab_size=50, tgt_vocab_size=50)
-    model = build_transformer(config)
-    source = FakeTokenizer(["나는", "어제", "카페", "갔었어", "▁에"])
-    target = FakeTokenizer(["I", "went", "to", "a", "cafe", "yesterday"])
+def test_plot_attention_for_sentence(tmp_path, tiny_run_dir):
+    from keras_transformer.translator import Translator
+
+    translator = Translator.load(tiny_run_dir)
     with warnings.catch_warnings(record=True) as records:
         warnings.simplefilter("always")
-        paths = plotting.plot_attention_for_sentence(
-            model, config, source, target, "나는 어제 카페 갔었어", "I went to a cafe yesterday", tmp_path
-        )
+        paths = plotting.plot_attention_for_sentence(translator, "나는 어제 카페 갔었어", "I went to a cafe yesterday", tmp_path)
     assert glyph_warnings(records) == []
     assert len(paths) == 3
     assert [os.path.basename(p) for p in paths] == [
@@ -123,13 +109,21 @@ def test_plot_attention_for_sentence(tmp_path):
     for path in paths:
         assert_png(path, min_bytes=10_000)
 
+    # The ids are the preprocessor's: source + END, START + target, and a long source is cut like everywhere else.
+    encoder_ids, decoder_ids = translator.preprocessor.pair_ids("어제 카페", "cafe")
+    assert encoder_ids == translator.encode_sources(["어제 카페"])[0]
+    assert decoder_ids == [2] + translator.target_tokenizer.encode("cafe")
+    with pytest.warns(UserWarning, match="were cut"):
+        long_ids, _ = translator.preprocessor.pair_ids("어제 카페 " * 40)
+    assert len(long_ids) == translator.config.max_length
+
     # No target: the decoder reads START only; first layer; bad layer index.
-    paths = plotting.plot_attention_for_sentence(model, config, source, target, "어제 카페", None, tmp_path / "s", layer=0)
+    paths = plotting.plot_attention_for_sentence(translator, "어제 카페", None, tmp_path / "s", layer=0)
     assert all(p.endswith("_layer1.png") for p in paths)
     for path in paths:
         assert_png(path)
     with pytest.raises(ValueError, match="layer"):
-        plotting.plot_attention_for_sentence(model, config, source, target, "어제", None, tmp_path, layer=2)
+        plotting.plot_attention_for_sentence(translator, "어제", None, tmp_path, layer=2)
 
 
 def test_plot_positional_encoding(tmp_path):

@@ -31,7 +31,6 @@ _EXPORTS = {
     "PipelineStats": "keras_transformer.data.pipeline",
     "default_bucket_boundaries": "keras_transformer.data.pipeline",
     "make_dataset": "keras_transformer.data.pipeline",
-    "make_encoder_inputs": "keras_transformer.data.pipeline",
     "padding_share": "keras_transformer.data.pipeline",
 }
 _SUBMODULES = {"corpus", "pipeline", "special_ids", "tokenizer"}

@@ -13,9 +13,9 @@ padded with ``PAD_ID`` (0). With teacher forcing, for a target ``t1 .. tn``::
 
 so ``decoder_inputs[:, 1:] == labels[:, :-1]`` on real positions. The source
 also gets END: the encoder then sees an explicit end of sentence (and never an
-empty sequence), as in the original Transformer / tensor2tensor setup. Code
-that feeds the trained model (decoding, export) must do the same; use
-:func:`make_encoder_inputs`.
+empty sequence), as in the original Transformer / tensor2tensor setup. These
+rules are written once, in :mod:`keras_transformer.preprocessor`, which this
+pipeline, decoding and the exports all use.
 
 Length filter: a pair is dropped when ``len(source) + 1`` or ``len(target) + 1``
 exceeds ``max_length``. Tokenization runs once, eagerly, with the tokenizers'
@@ -39,13 +39,13 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
-from keras_transformer.data.tokenizer import END_ID, PAD_ID, START_ID, SubwordTokenizer
+from keras_transformer.data.tokenizer import PAD_ID, SubwordTokenizer
+from keras_transformer.preprocessor import pack_encoder, pack_target
 
 __all__ = [
     "PipelineStats",
     "default_bucket_boundaries",
     "make_dataset",
-    "make_encoder_inputs",
     "padding_share",
 ]
 
@@ -78,33 +78,6 @@ def _tokenize(tokenizer: SubwordTokenizer, texts: Sequence[str]) -> tf.RaggedTen
         for i in range(0, len(texts), _TOKENIZE_CHUNK)
     ]
     return chunks[0] if len(chunks) == 1 else tf.concat(chunks, axis=0)
-
-
-def make_encoder_inputs(
-    tokenizer: SubwordTokenizer, texts, max_length: int | None = None
-) -> tf.Tensor:
-    """Encoder inputs exactly as in training: source ids + ``END_ID``, padded with 0.
-
-    Works eagerly and inside ``tf.function``. Sequences longer than
-    ``max_length`` are cut to ``max_length - 1`` ids + END.
-
-    Args:
-        tokenizer: The source-side tokenizer.
-        texts: A ``str``, a list of ``str`` or a ``tf.string`` tensor ``[batch]``.
-        max_length: Optional cap on the length (END included).
-
-    Returns:
-        int32 ``[batch, length]`` (``[1, length]`` for a single string).
-    """
-    if isinstance(texts, str):
-        texts = [texts]
-    ids = tokenizer.tokenize(texts)
-    if not isinstance(ids, tf.RaggedTensor):  # a scalar string tensor
-        ids = tf.RaggedTensor.from_tensor(ids[tf.newaxis])
-    if max_length is not None:
-        ids = ids[:, : max_length - 1]
-    end = tf.fill([ids.nrows(), 1], tf.constant(END_ID, tf.int32))
-    return tf.concat([ids, end], axis=1).to_tensor(default_value=PAD_ID)
 
 
 @dataclasses.dataclass
@@ -274,21 +247,16 @@ def make_dataset(
     if len(kept) < len(sources):
         source_ids = tf.gather(source_ids, kept)
         target_ids = tf.gather(target_ids, kept)
-    dataset = tf.data.Dataset.from_tensor_slices((source_ids, target_ids))
+    encoder_inputs = pack_encoder(source_ids, max_length)
+    decoder_inputs, labels = pack_target(target_ids)
+    dataset = tf.data.Dataset.from_tensor_slices((encoder_inputs, decoder_inputs, labels))
     if shuffle:
         dataset = dataset.shuffle(len(kept), seed=seed, reshuffle_each_iteration=True)
     if repeat:
         dataset = dataset.repeat()
 
-    end = tf.constant([END_ID], tf.int32)
-    start = tf.constant([START_ID], tf.int32)
-
-    def to_example(source, target):
-        inputs = {
-            "encoder_inputs": tf.concat([source, end], axis=0),
-            "decoder_inputs": tf.concat([start, target], axis=0),
-        }
-        return inputs, tf.concat([target, end], axis=0)
+    def to_example(encoder, decoder, label):
+        return {"encoder_inputs": encoder, "decoder_inputs": decoder}, label
 
     dataset = dataset.map(to_example, num_parallel_calls=tf.data.AUTOTUNE)
     dataset = dataset.bucket_by_sequence_length(

@@ -4,8 +4,9 @@ Training uses the ``sentencepiece`` Python package (in memory, no files);
 tokenizing and detokenizing use ``tensorflow_text.SentencepieceTokenizer``,
 a TF op that carries the serialized model, so the very same tokenizer works
 eagerly, inside ``tf.function`` / ``tf.data`` and inside an exported
-SavedModel. :class:`SubwordTokenizer` is a ``tf.Module``: attach it to the
-module or ``keras.export.ExportArchive`` you save and the model travels along.
+SavedModel. :class:`SubwordTokenizer` is a keras-hub tokenizer layer
+(``keras_hub.tokenizers.SentencePieceTokenizer``): a model, preset or export
+that holds it saves the SentencePiece model as its own asset.
 
 Special ids are fixed for the whole project:
 
@@ -35,10 +36,14 @@ import hashlib
 import io
 import os
 import random
+import re
 import time
+import warnings
 from pathlib import Path
 from typing import Iterable, Sequence
 
+import keras
+import keras_hub
 import sentencepiece as spm
 import tensorflow as tf
 import tensorflow_text as tf_text
@@ -118,34 +123,54 @@ class _SentencepieceOps(tf_text.SentencepieceTokenizer):
         self._model_resource = _SharedModelResource(model)
 
 
-class SubwordTokenizer(tf.Module):
-    """A SentencePiece model with in-graph ``tokenize`` / ``detokenize``.
+@keras.saving.register_keras_serializable(package="keras_transformer")
+class SubwordTokenizer(keras_hub.tokenizers.SentencePieceTokenizer):
+    """A SentencePiece model as a keras-hub tokenizer layer, with in-graph ``tokenize`` / ``detokenize``.
 
-    Build one with :meth:`train`, :meth:`load` or :meth:`from_proto`.
+    It is a ``keras_hub.tokenizers.SentencePieceTokenizer``: it tokenizes inside ``tf.data`` and ``tf.function``,
+    saves its model as an asset of whatever holds it (a ``.keras`` file, a keras-hub preset), and has keras-hub's
+    ``start_token_id`` / ``end_token_id`` / ``pad_token_id``. On top of it: the special ids are checked (0-3), the
+    TF op's resource survives ``tf.random.set_seed``, decoded ids stop at END, and :meth:`train` learns a
+    vocabulary in one call.
+
+    Build one with :meth:`train`, :meth:`load` (a ``.model`` file) or ``SubwordTokenizer(proto=bytes)``.
+    ``config_file`` names the tokenizer inside a preset (``source_tokenizer.json``, ``target_tokenizer.json``): its
+    model is saved under ``assets/<config_file without .json>/``.
+
+    Example:
+    >>> tokenizer = SubwordTokenizer.train(["a b c", "b c d"] * 50, vocab_size=300)  # doctest: +SKIP
+    >>> tokenizer.decode(tokenizer.encode("a b"))  # doctest: +SKIP
+    'a b'
     """
 
-    def __init__(self, model_proto: bytes, name: str | None = None):
-        super().__init__(name=name or "subword_tokenizer")
-        model_proto = bytes(model_proto)
-        processor = spm.SentencePieceProcessor()
-        try:
-            processor.LoadFromSerializedProto(model_proto)
-        except Exception as error:  # noqa: BLE001 - sentencepiece raises plain RuntimeError/OSError
-            raise ValueError(f"not a valid SentencePiece model: {error}") from error
-        found = (processor.pad_id(), processor.unk_id(), processor.bos_id(), processor.eos_id())
-        if found != (PAD_ID, UNK_ID, START_ID, END_ID):
-            raise ValueError(
-                "this SentencePiece model uses special ids pad/unk/bos/eos = "
-                f"{found}; keras_transformer needs {(PAD_ID, UNK_ID, START_ID, END_ID)}. "
-                "Train it with SubwordTokenizer.train() or with pad_id=0 unk_id=1 bos_id=2 eos_id=3."
-            )
-        self._model_proto = model_proto
-        self._processor = processor
-        self._pieces = tuple(processor.id_to_piece(i) for i in range(processor.get_piece_size()))
-        self._tf_tokenizer = _SentencepieceOps(model_proto)
+    def __init__(self, proto=None, config_file="tokenizer.json", **kwargs):
+        self._add_special_token("<pad>", "pad_token")
+        self._add_special_token("<s>", "start_token")
+        self._add_special_token("</s>", "end_token")
+        super().__init__(proto=proto, config_file=config_file, **kwargs)
         # Set by train(): wall-clock training time and number of sentences used.
         self.training_seconds: float | None = None
         self.num_training_sentences: int | None = None
+
+    def set_proto(self, proto):
+        if isinstance(proto, (bytes, bytearray)):
+            proto = bytes(proto)
+            processor = spm.SentencePieceProcessor()
+            try:
+                processor.LoadFromSerializedProto(proto)
+            except Exception as error:  # noqa: BLE001 - sentencepiece raises plain RuntimeError/OSError
+                raise ValueError(f"not a valid SentencePiece model: {error}") from error
+            found = (processor.pad_id(), processor.unk_id(), processor.bos_id(), processor.eos_id())
+            if found != (PAD_ID, UNK_ID, START_ID, END_ID):
+                raise ValueError(
+                    "this SentencePiece model uses special ids pad/unk/bos/eos = "
+                    f"{found}; keras_transformer needs {(PAD_ID, UNK_ID, START_ID, END_ID)}. "
+                    "Train it with SubwordTokenizer.train() or with pad_id=0 unk_id=1 bos_id=2 eos_id=3."
+                )
+        super().set_proto(proto)
+
+    def _set_proto_tf(self, proto):
+        self._sentence_piece = _SentencepieceOps(proto)
 
     # ------------------------------------------------------------------ building
     @classmethod
@@ -199,10 +224,8 @@ class SubwordTokenizer(tf.Module):
         if character_coverage is None:
             character_coverage = 0.9995 if byte_fallback else 1.0
         spm.set_random_generator_seed(seed)
-        model = io.BytesIO()
         trainer_args = dict(
-            sentence_iterator=iter(sentences),
-            model_writer=model,
+            sentences=sentences,
             vocab_size=vocab_size,
             model_type=model_type,
             character_coverage=character_coverage,
@@ -223,22 +246,19 @@ class SubwordTokenizer(tf.Module):
         )
         trainer_args.update(options)
         start = time.perf_counter()
-        try:
-            spm.SentencePieceTrainer.train(**trainer_args)
-        except RuntimeError as error:
-            raise ValueError(f"SentencePiece training failed: {error}") from error
-        tokenizer = cls(model.getvalue())
+        model = _train_fitting_vocabulary(trainer_args, len(sentences))
+        tokenizer = cls(model)
         tokenizer.training_seconds = time.perf_counter() - start
         tokenizer.num_training_sentences = len(sentences)
         return tokenizer
 
     @classmethod
-    def from_proto(cls, model_proto: bytes, name: str | None = None) -> "SubwordTokenizer":
+    def from_proto(cls, model_proto: bytes, **kwargs) -> "SubwordTokenizer":
         """Builds a tokenizer from a serialized SentencePiece ``ModelProto``."""
-        return cls(model_proto, name=name)
+        return cls(proto=bytes(model_proto), **kwargs)
 
     @classmethod
-    def load(cls, path: str | os.PathLike) -> "SubwordTokenizer":
+    def load(cls, path: str | os.PathLike, **kwargs) -> "SubwordTokenizer":
         """Loads a ``<prefix>.model`` file written by :meth:`save` (the ``.model``
         suffix may be left out)."""
         path = Path(path)
@@ -246,42 +266,50 @@ class SubwordTokenizer(tf.Module):
             path = path.with_name(path.name + ".model")
         if not path.is_file():
             raise FileNotFoundError(f"no SentencePiece model file at {path}")
-        return cls(path.read_bytes())
+        return cls(proto=path.read_bytes(), **kwargs)
 
     def save(self, directory: str | os.PathLike, prefix: str = "tokenizer") -> Path:
         """Writes ``<prefix>.model`` (serialized proto) and ``<prefix>.vocab`` (one
-        piece per line, line i = id i) into ``directory``; returns the model path."""
+        piece per line, line i = id i) into ``directory``, each through a temporary file; returns the model path."""
+        from keras_transformer.files import atomic_write
+
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         model_path = directory / f"{prefix}.model"
-        model_path.write_bytes(self._model_proto)
-        (directory / f"{prefix}.vocab").write_text(
-            "".join(piece + "\n" for piece in self._pieces), encoding="utf-8"
-        )
+        atomic_write(model_path, self.model_proto)
+        atomic_write(directory / f"{prefix}.vocab", "".join(piece + "\n" for piece in self.id_to_piece).encode("utf-8"))
         return model_path
 
     # --------------------------------------------------------------- properties
     @property
     def model_proto(self) -> bytes:
         """The serialized SentencePiece ``ModelProto``."""
-        return self._model_proto
+        self._check_vocabulary()
+        return self.proto
 
     @property
     def vocab_size(self) -> int:
         """Number of ids (pieces), special ones included."""
-        return len(self._pieces)
+        return self.vocabulary_size()
 
     @property
     def id_to_piece(self) -> list[str]:
         """The pieces; ``id_to_piece[i]`` is the piece of id ``i``."""
-        return list(self._pieces)
+        return self.get_vocabulary()
 
     def piece_to_id(self, piece: str) -> int:
         """Id of ``piece`` (``UNK_ID`` if it is not in the vocabulary)."""
-        return self._processor.piece_to_id(piece)
+        return self.token_to_id(piece)
+
+    @property
+    def fingerprint(self) -> str:
+        """A short hash of the SentencePiece model: artefacts store it to check that they travel with the
+        vocabulary their model was trained with."""
+        return hashlib.sha256(self.model_proto).hexdigest()[:16]
 
     def __repr__(self) -> str:
-        return f"SubwordTokenizer(vocab_size={self.vocab_size})"
+        size = self.vocab_size if self.proto is not None else None
+        return f"SubwordTokenizer(vocab_size={size}, config_file={self.config_file!r})"
 
     # ------------------------------------------------------------ in-graph ops
     def tokenize(self, texts, nfc: bool = False) -> tf.RaggedTensor | tf.Tensor:
@@ -301,7 +329,8 @@ class SubwordTokenizer(tf.Module):
         texts = _as_string_tensor(texts)
         if nfc:
             texts = tf_text.normalize_utf8(texts, "NFC")
-        return self._tf_tokenizer.tokenize(texts)
+        self._maybe_initialized_tf()
+        return self._sentence_piece.tokenize(texts)
 
     def detokenize(self, ids, stop_at_end: bool = True) -> tf.Tensor:
         """Ids back to text.
@@ -340,13 +369,15 @@ class SubwordTokenizer(tf.Module):
             keep = tf.logical_and(keep, tf.equal(tf.cumsum(tf.cast(is_end, tf.int32), axis=1), 0))
         else:
             keep = tf.logical_and(keep, tf.logical_not(is_end))
-        text = self._tf_tokenizer.detokenize(tf.ragged.boolean_mask(dense, keep))
+        self._maybe_initialized_tf()
+        text = self._sentence_piece.detokenize(tf.ragged.boolean_mask(dense, keep))
         return text[0] if scalar else text
 
     # --------------------------------------------------------- plain Python
     def encode(self, text: str) -> list[int]:
         """One string to ids (plain Python, no TF), without START/END."""
-        return self._processor.encode(text, out_type=int)
+        self._maybe_initialized_spm()
+        return self._sentence_piece_spm.encode(text, out_type=int)
 
     def decode(self, ids: Sequence[int], stop_at_end: bool = True) -> str:
         """Ids to a string (plain Python), skipping PAD/START and stopping at END
@@ -360,4 +391,45 @@ class SubwordTokenizer(tf.Module):
                 continue
             if token not in (PAD_ID, START_ID):
                 kept.append(token)
-        return self._processor.decode(kept)
+        self._maybe_initialized_spm()
+        return self._sentence_piece_spm.decode(kept)
+
+
+def _train_fitting_vocabulary(trainer_args, num_sentences):
+    """Runs SentencePiece's trainer and returns the model bytes. When the requested vocabulary does not fit the data,
+    it retries and warns with what it chose: a small corpus has fewer distinct pieces than asked for (then the
+    largest size SentencePiece reports as possible), or more distinct characters than the vocabulary has room for,
+    as Korean has (then character_coverage 0.98, rarer characters becoming byte pieces, and if that is not enough a
+    vocabulary just large enough for the characters)."""
+    args = dict(trainer_args)
+    sentences = args.pop("sentences")
+    requested, coverage = args["vocab_size"], args["character_coverage"]
+    for _ in range(6):
+        model = io.BytesIO()
+        try:
+            spm.SentencePieceTrainer.train(sentence_iterator=iter(sentences), model_writer=model, **args)
+        except RuntimeError as error:
+            message = str(error)
+            too_high = re.search(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)", message)
+            too_few_chars = re.search(r"smaller than required_chars\. (\d+) vs (\d+)", message)
+            if too_high:
+                args["vocab_size"] = int(too_high.group(2))
+            elif too_few_chars and args.get("byte_fallback") and args["character_coverage"] > 0.98:
+                args["character_coverage"] = 0.98  # SentencePiece's lowest; rarer characters become byte pieces
+            elif too_few_chars:
+                args["vocab_size"] = int(too_few_chars.group(2)) + 64  # room for the characters and some pieces
+            else:
+                raise ValueError(f"SentencePiece training failed: {message}") from None
+            continue
+        if (args["vocab_size"], args["character_coverage"]) != (requested, coverage):
+            warnings.warn(
+                f"A vocabulary of {requested} pieces does not fit these {num_sentences:,} sentences: trained "
+                f"{args['vocab_size']} pieces with character_coverage={args['character_coverage']} instead. Give "
+                "more data, or a vocabulary size that fits, to choose yourself.",
+                stacklevel=3,
+            )
+        return model.getvalue()
+    raise ValueError(
+        f"SentencePiece training failed: no vocabulary of at most {requested} pieces fits these "
+        f"{num_sentences:,} sentences. Give more data."
+    )

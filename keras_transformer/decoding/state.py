@@ -15,20 +15,19 @@ Two ways to get the next-token logits at position i, with identical results:
 import tensorflow as tf
 from keras import ops
 
-from keras_transformer.model import decode, embed_target, encode, layer_getter, project_to_vocabulary
 
 
 class DecoderState:
     """Encoder output and caches for a batch of sources, and the step functions over them."""
 
     def __init__(self, model, config, encoder_inputs, max_steps, use_cache=True):
+        self.model = model  # a TransformerBackbone
         self.config = config
-        self.get_layer = layer_getter(model)
         self.max_steps = max_steps
         self.use_cache = use_cache
-        self.encoder_output, self.encoder_padding_mask = encode(self.get_layer, config, encoder_inputs, training=False)
+        self.encoder_output, self.encoder_padding_mask = model.encode(encoder_inputs, training=False)
         self.batch_size = tf.shape(self.encoder_output)[0]
-        self.decoder_layers = [self.get_layer(f"decoder_layer_{i}") for i in range(config.num_layers)]
+        self.decoder_layers = model.decoder_layers
         if use_cache:
             self.cross_caches = [layer.cross_attention.compute_key_value(self.encoder_output) for layer in self.decoder_layers]
 
@@ -43,8 +42,8 @@ class DecoderState:
     def cached_step(self, tokens, index, self_caches):
         """Logits `[batch, vocab]` for position `index`, feeding only `tokens[:, index]`."""
         token = tf.expand_dims(tokens[:, index], 1)  # [batch, 1]
-        x = embed_target(self.get_layer, token)
-        x = self.get_layer("decoder_positional_encoding")(x, start_index=index)
+        x = self.model.target_embedding(token)
+        x = self.model.decoder_positional_encoding(x, start_index=index)
         # The query at `index` may see cache positions 0..index.
         visible = ops.less_equal(ops.arange(self.max_steps), index)
         self_mask = ops.reshape(visible, (1, 1, 1, self.max_steps))
@@ -60,12 +59,12 @@ class DecoderState:
                 training=False,
             )
             new_caches.append(self_cache)
-        logits = project_to_vocabulary(self.get_layer, self.config, x)
+        logits = self.model.project_to_vocabulary(x)
         return logits[:, 0, :], new_caches
 
     def full_step(self, tokens, index, self_caches=None):
         """Logits `[batch, vocab]` for position `index`, re-running the decoder over the whole buffer."""
-        logits = decode(self.get_layer, self.config, tokens, self.encoder_output, self.encoder_padding_mask, training=False)
+        logits = self.model.decode(tokens, self.encoder_output, self.encoder_padding_mask, training=False)
         return tf.gather(logits, index, axis=1), self_caches
 
     def step(self, tokens, index, self_caches):

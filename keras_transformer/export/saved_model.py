@@ -28,7 +28,6 @@ import tensorflow as tf
 
 from keras_transformer.data.special_ids import END_ID, PAD_ID, START_ID, UNK_ID
 from keras_transformer.decoding import greedy_search
-from keras_transformer.export.common import float32_model
 from keras_transformer.export.layout import next_version, resolve_version_dir
 
 
@@ -37,7 +36,7 @@ class TranslatorModule(tf.Module):
 
     def __init__(self, translator, asset_dir, ids_only=False):
         super().__init__(name="keras_transformer_translator")
-        self.model = float32_model(translator.model, translator.config)
+        self.model = translator.model.with_dtype("float32")  # exports do not depend on the training precision
         self.config = translator.config
         self.max_steps = translator.max_output_length
         self.assets = [tf.saved_model.Asset(str(path)) for path in sorted(Path(asset_dir).iterdir())]
@@ -45,16 +44,13 @@ class TranslatorModule(tf.Module):
             self._translate_ids, input_signature=[tf.TensorSpec([None, None], tf.int32, name="encoder_inputs")]
         )
         if not ids_only:  # the tokenizers (and their custom ops) only come along for the strings signature
-            self.source_tokenizer = translator.source_tokenizer
-            self.target_tokenizer = translator.target_tokenizer
+            self.preprocessor = translator.preprocessor
             self.translate = tf.function(self._translate, input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
 
     def _translate(self, inputs):
-        ids = self.source_tokenizer.tokenize(inputs)[:, : self.config.max_length - 1]
-        end = tf.fill(tf.stack([ids.nrows(), 1]), tf.constant(END_ID, ids.dtype))
-        encoder_inputs = tf.concat([ids, end], axis=1).to_tensor(default_value=PAD_ID)
-        output_ids, scores = self._decode(tf.cast(encoder_inputs, tf.int32))
-        return {"translations": self.target_tokenizer.detokenize(output_ids), "scores": scores}
+        encoder_inputs = self.preprocessor.source_ids(inputs).to_tensor(default_value=PAD_ID)
+        output_ids, scores = self._decode(encoder_inputs)
+        return {"translations": self.preprocessor.generate_postprocess(output_ids), "scores": scores}
 
     def _translate_ids(self, encoder_inputs):
         output_ids, scores = self._decode(encoder_inputs)
@@ -89,6 +85,7 @@ def export_saved_model(translator, export_dir, model_name="translator", version=
             "model": translator.config.to_dict(),
             "max_output_length": translator.max_output_length,
             "special_ids": {"pad": PAD_ID, "unk": UNK_ID, "start": START_ID, "end": END_ID},
+            "tokenizer_fingerprints": {"source": translator.source_tokenizer.fingerprint, "target": translator.target_tokenizer.fingerprint},
             "encoder_inputs": "source ids + END, 0-padded",
         }, indent=2))
         module = TranslatorModule(translator, asset_dir, ids_only=ids_only)

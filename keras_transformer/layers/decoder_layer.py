@@ -37,7 +37,7 @@ class DecoderLayer(keras.layers.Layer):
 
     Example:
     >>> layer = DecoderLayer(d_model=16, num_heads=4, dff=64)
-    >>> layer(keras.ops.ones((2, 7, 16)), keras.ops.ones((2, 5, 16))).shape
+    >>> tuple(layer(keras.ops.ones((2, 7, 16)), keras.ops.ones((2, 5, 16))).shape)
     (2, 7, 16)
 
     References: Vaswani et al., "Attention Is All You Need", 2017, section 3.1.

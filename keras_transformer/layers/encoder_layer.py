@@ -26,7 +26,7 @@ class EncoderLayer(keras.layers.Layer):
 
     Example:
     >>> layer = EncoderLayer(d_model=16, num_heads=4, dff=64)
-    >>> layer(keras.ops.ones((2, 5, 16))).shape
+    >>> tuple(layer(keras.ops.ones((2, 5, 16))).shape)
     (2, 5, 16)
 
     References: Vaswani et al., "Attention Is All You Need", 2017, section 3.1.

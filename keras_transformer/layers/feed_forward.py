@@ -12,7 +12,7 @@ class PositionwiseFeedForward(keras.layers.Layer):
         dff: inner width (2048 in the paper's base model).
 
     Example:
-    >>> PositionwiseFeedForward(d_model=16, dff=64)(keras.ops.ones((2, 5, 16))).shape
+    >>> tuple(PositionwiseFeedForward(d_model=16, dff=64)(keras.ops.ones((2, 5, 16))).shape)
     (2, 5, 16)
 
     References: Vaswani et al., "Attention Is All You Need", 2017, section 3.3.

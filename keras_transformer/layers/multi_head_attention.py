@@ -36,7 +36,7 @@ class MultiHeadAttention(keras.layers.Layer):
     >>> mha = MultiHeadAttention(d_model=16, num_heads=4)
     >>> x = keras.ops.ones((2, 5, 16))
     >>> out, weights = mha(x, x, return_attention_scores=True)
-    >>> out.shape, weights.shape
+    >>> tuple(out.shape), tuple(weights.shape)
     ((2, 5, 16), (2, 4, 5, 5))
 
     References: Vaswani et al., "Attention Is All You Need", 2017, section 3.2.

@@ -39,7 +39,7 @@ class PositionalEncoding(keras.layers.Layer):
 
     Example:
     >>> x = keras.ops.zeros((2, 10, 16))
-    >>> PositionalEncoding(max_length=64, d_model=16)(x).shape
+    >>> tuple(PositionalEncoding(max_length=64, d_model=16)(x).shape)
     (2, 10, 16)
 
     References: Vaswani et al., "Attention Is All You Need", 2017, section 3.5.

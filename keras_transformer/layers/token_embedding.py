@@ -23,7 +23,7 @@ class TokenEmbedding(keras.layers.Layer):
     Example:
     >>> emb = TokenEmbedding(vocab_size=100, d_model=16)
     >>> vectors = emb(keras.ops.array([[5, 6, 0]], dtype="int32"))
-    >>> emb(vectors, reverse=True).shape
+    >>> tuple(emb(vectors, reverse=True).shape)
     (1, 3, 100)
     """
 
