@@ -23,13 +23,18 @@ def main(argv=None):
         parser.print_help()
         return 2
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if not args.verbose:
+        from keras_transformer.runtime import hide_native_logs
+
+        hide_native_logs()
     try:
         return args.func(args) or 0
     except KeyboardInterrupt:
         print("Interrupted.", file=sys.stderr)
         return 130
-    except (ValueError, FileNotFoundError, FileExistsError, TypeError) as error:
-        # Bad input: one clear line, no stack trace from deep inside TensorFlow.
+    except (ValueError, TypeError, OSError) as error:
+        # Bad input, a missing file, a full disk, no permission: one clear line, no stack trace from deep inside
+        # TensorFlow (every file is written through a temporary name, so nothing half-written is left).
         print(f"error: {error}", file=sys.stderr)
         return 2
 
@@ -39,6 +44,7 @@ def build_parser():
         prog="keras-transformer",
         description="Train, evaluate, run and plot the Transformer of 'Attention Is All You Need'.",
     )
+    parser.add_argument("--verbose", action="store_true", help="also show TensorFlow's own start-up and device messages")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     train = commands.add_parser(
@@ -87,36 +93,36 @@ def build_parser():
     evaluate.add_argument("--model", required=True, help="run directory (saved_models/<run-name>), or a .keras file in one")
     _add_data_arguments(evaluate, evaluation=True)
     evaluate.add_argument("--out", help="directory for hypotheses.txt and report.json (default: <model>/eval-<split or file>)")
-    evaluate.add_argument("--batch-size", type=int, default=64)
+    evaluate.add_argument("--batch-size", type=int, default=64, help="sentences decoded together (default 64)")
+    _add_decoding_arguments(evaluate)
     evaluate.set_defaults(func=cmd_evaluate)
 
     translate = commands.add_parser("translate", help="translate sentences given as arguments, in a file, or on stdin")
     translate.add_argument("text", nargs="*", help="sentences to translate (none: read --file or stdin, one per line)")
-    translate.add_argument("--model", required=True, help="run directory (saved_models/<run-name>), SavedModel export, or .tflite file")
+    translate.add_argument("--model", required=True, help="run directory (saved_models/<run-name>), .keras file, preset, SavedModel export, .tflite file or CTranslate2 export")
     translate.add_argument("--file", help="file with one sentence per line")
-    translate.add_argument("--strategy", choices=["greedy", "beam", "sample"], default="greedy")
-    translate.add_argument("--beam-size", type=int, default=1, help="beam width (> 1 means beam search)")
-    translate.add_argument("--alpha", type=float, default=0.6, help="beam search length penalty (GNMT alpha)")
-    translate.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
-    translate.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (0 = all)")
-    translate.add_argument("--top-p", type=float, default=1.0, help="sample within the top-p probability mass")
-    translate.add_argument("--seed", type=int, default=0, help="sampling seed")
-    translate.add_argument("--batch-size", type=int, default=64)
+    translate.add_argument("--batch-size", type=int, default=64, help="sentences decoded together (default 64)")
+    _add_decoding_arguments(translate)
     translate.set_defaults(func=cmd_translate)
 
     export = commands.add_parser(
         "export",
-        help="export a trained model as a SavedModel (TF Serving layout) or a TFLite model",
+        help="export a trained model as a SavedModel (TF Serving layout), a TFLite model or a CTranslate2 model",
         description="saved_model: <out>/<model-name>/<version>/ with a strings-in/strings-out signature "
         "(serving_default) and an ids-in/ids-out one (translate_ids). tflite: <out>/<model-name>.tflite with the "
-        "greedy decode loop inside, plus the tokenizers beside it.",
+        "greedy decode loop inside, plus its tokenizers beside it under its name. ctranslate2: "
+        "<out>/<model-name>-ctranslate2/, a CTranslate2 model directory with its tokenizers (pip install "
+        "keras-transformer[ctranslate2]); see docs/ctranslate2.md.",
     )
     export.add_argument("--model", required=True, help="run directory (saved_models/<run-name>)")
-    export.add_argument("--format", required=True, choices=["saved_model", "tflite"])
+    export.add_argument("--format", required=True, choices=["saved_model", "tflite", "ctranslate2"])
     export.add_argument("--out", default="exports", help="export directory (default: exports)")
     export.add_argument("--model-name", default="translator", help="model name (TF Serving's MODEL_NAME; default translator)")
     export.add_argument("--version", type=int, help="SavedModel version number (default: next free one)")
-    export.add_argument("--quantize", choices=["none", "float16", "dynamic"], default="none", help="TFLite weights (default none)")
+    export.add_argument(
+        "--quantize", choices=["none", "float16", "dynamic", "int8", "int16"], default="none",
+        help="weights: TFLite none|float16|dynamic; CTranslate2 none|int8|int16 (default none)",
+    )
     export.add_argument("--ids-only", action="store_true", help="SavedModel without tokenizers (no custom ops): only translate_ids")
     export.set_defaults(func=cmd_export)
 
@@ -136,10 +142,14 @@ def build_parser():
 
     add_serve_arguments(commands.add_parser(
         "serve",
-        help="serve a SavedModel export over TF Serving's REST API (micro-batched)",
+        help="serve a SavedModel export over TF Serving's REST and gRPC APIs (micro-batched, polls for new versions)",
         description="Speaks TensorFlow Serving's REST API (/v1/models/<name>[:predict|/metadata]) for an export "
         "written by `keras-transformer export --format saved_model`; see docs/serving.md.",
     ))
+
+    from keras_transformer.demo import DEMO_DESCRIPTION, DEMO_HELP, add_demo_arguments
+
+    add_demo_arguments(commands.add_parser("demo", help=DEMO_HELP, description=DEMO_DESCRIPTION))
 
     plot = commands.add_parser("plot", help="write PNG plots: attention heatmaps, positional encoding, schedule, curves")
     plot.add_argument("what", choices=["attention", "positional-encoding", "schedule", "curves", "all"])
@@ -150,6 +160,35 @@ def build_parser():
     plot.add_argument("--out", default=None, help="output directory (default: <model>/plots or ./plots)")
     plot.set_defaults(func=cmd_plot)
     return parser
+
+
+def _add_decoding_arguments(parser):
+    """--decoding and the options of every decoding, from the registry (keras_transformer.decoding.decodings)."""
+    from keras_transformer.decoding.decodings import DECODINGS
+
+    group = parser.add_argument_group("decoding")
+    group.add_argument(
+        "--decoding", choices=list(DECODINGS), default=None,
+        help="; ".join(f"{d.name}: {d.description}" for d in DECODINGS.values()) + " (default greedy, or beam when --beam-size > 1)",
+    )
+    for spec in DECODINGS.values():
+        for option, default in spec.options.items():
+            group.add_argument(
+                f"--{option.replace('_', '-')}", type=type(default), default=None,
+                help=f"{spec.help[option]} ({spec.name} only; default {default})",
+            )
+
+
+def _decoding_from_args(args):
+    """`(decoding name or None, options the user gave)`; the registry refuses options the decoding does not take."""
+    from keras_transformer.decoding.decodings import DECODINGS, resolve_decoding
+
+    options = {o: getattr(args, o) for spec in DECODINGS.values() for o in spec.options if getattr(args, o) is not None}
+    decoding = args.decoding or ("beam" if (options.get("beam_size") or 1) > 1 else "greedy")
+    if decoding == "greedy" and options.get("beam_size") == 1:
+        options.pop("beam_size")
+    resolve_decoding(decoding, **options)
+    return decoding, options
 
 
 def _add_data_arguments(parser, evaluation=False):
@@ -282,16 +321,25 @@ def cmd_train(args):
 
 def cmd_evaluate(args):
     from keras_transformer.evaluation import evaluate
-    from keras_transformer.translator import Translator
 
     if args.batch_size <= 0:
         raise ValueError(f"--batch-size must be positive, got {args.batch_size}.")
+    decoding, options = _decoding_from_args(args)
     corpus = _load_corpus(args.data, args.split, args)
+    from keras_transformer.translator import Translator
+
     translator = Translator.load(args.model)
-    out = args.out or Path(args.model) / f"eval-{Path(args.data).stem if args.data else args.split}"
-    report = evaluate(translator, corpus, out, batch_size=args.batch_size)
+    out = args.out or _run_dir_of(args.model).eval_dir(Path(args.data).stem if args.data else args.split)
+    report = evaluate(translator, corpus, out, batch_size=args.batch_size, decoding=decoding, **options)
     print(json.dumps({k: v for k, v in report.items() if k != "examples"}, indent=2, ensure_ascii=False))
     return 0
+
+
+def _run_dir_of(model_path):
+    from keras_transformer.run_directory import RunDirectory
+
+    path = Path(model_path)
+    return RunDirectory(path.parent if path.suffix == ".keras" else path)
 
 
 def _read_sentences(args):
@@ -316,21 +364,21 @@ def _read_sentences(args):
 
 
 def cmd_translate(args):
+    decoding, options = _decoding_from_args(args)
+    sentences = _read_sentences(args)
     from keras_transformer.translator import Translator, load_translator
 
-    sentences = _read_sentences(args)
     translator = load_translator(args.model)
-    if not isinstance(translator, Translator):  # exported artefacts decode greedily
-        if args.strategy != "greedy" or args.beam_size > 1:
+    if type(translator).__name__ == "CTranslate2Translator":  # greedy or beam search
+        if decoding == "sample":
+            raise ValueError("The CTranslate2 runner decodes greedily or with beam search (--beam-size); sampling needs a run directory.")
+        outputs = translator.translate(sentences, batch_size=args.batch_size, **options)
+    elif not isinstance(translator, Translator):  # SavedModel and TFLite artefacts decode greedily
+        if decoding != "greedy":
             raise ValueError("Exported models (SavedModel, TFLite) decode greedily: use a run directory for beam search or sampling.")
         outputs = translator.translate(sentences)
     else:
-        options = {}
-        if args.strategy == "sample":
-            options = dict(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
-        elif args.beam_size > 1 or args.strategy == "beam":
-            options = dict(beam_size=args.beam_size, alpha=args.alpha)
-        outputs = translator.translate(sentences, strategy=args.strategy, batch_size=args.batch_size, **options)
+        outputs = translator.translate(sentences, decoding=decoding, batch_size=args.batch_size, **options)
     for output in outputs:
         print(output)
     return 0
@@ -344,10 +392,14 @@ def cmd_export(args):
         from keras_transformer.export.saved_model import export_saved_model
 
         path = export_saved_model(translator, args.out, args.model_name, args.version, ids_only=args.ids_only)
-    else:
+    elif args.format == "tflite":
         from keras_transformer.export.tflite import export_tflite
 
         path = export_tflite(translator, Path(args.out) / f"{args.model_name}.tflite", quantize=args.quantize)
+    else:
+        from keras_transformer.export.ctranslate2 import export_ctranslate2
+
+        path = export_ctranslate2(translator, Path(args.out) / f"{args.model_name}-ctranslate2", quantize=args.quantize)
     print(f"Exported {path}")
     return 0
 
@@ -363,7 +415,8 @@ def cmd_average(args):
 def cmd_plot(args):
     from keras_transformer import plotting
 
-    out = Path(args.out or (Path(args.model) / "plots" if args.model else "plots"))
+    run = _run_dir_of(args.model) if args.model else None
+    out = Path(args.out or (run.plots_dir() if run else "plots"))
     needs_model = args.what in ("attention", "schedule", "curves", "all")
     if needs_model and not args.model:
         raise ValueError(f"plot {args.what} needs --model (a run directory).")
@@ -373,12 +426,12 @@ def cmd_plot(args):
     if args.what in ("schedule", "all"):
         from keras_transformer.schedules import WarmupSchedule
 
-        values = json.loads((Path(args.model) / "config.json").read_text())
+        values = run.read_config()
         training, model = values["training"], values["model"]
         schedule = WarmupSchedule(model["d_model"], training["warmup_steps"], training["lr_scale"])
         written.append(plotting.plot_learning_rate(schedule, max(3 * training["warmup_steps"], 1000), out / "learning_rate.png"))
     if args.what in ("curves", "all"):
-        history = json.loads((Path(args.model) / "history.json").read_text())
+        history = run.read_history()
         keys = sorted({k for entry in history for k in entry})
         written.append(plotting.plot_training_curves({k: [e.get(k) for e in history] for k in keys}, out / "training_curves.png"))
     if args.what in ("attention", "all"):
@@ -386,10 +439,7 @@ def cmd_plot(args):
 
         translator = Translator.load(args.model)
         target = args.target or translator.translate(args.sentence)
-        written += plotting.plot_attention_for_sentence(
-            translator.model, translator.config, translator.source_tokenizer, translator.target_tokenizer,
-            args.sentence, target, out, layer=args.layer,
-        )
+        written += plotting.plot_attention_for_sentence(translator, args.sentence, target, out, layer=args.layer)
     for path in written:
         print(path)
     return 0

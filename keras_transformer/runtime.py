@@ -8,6 +8,7 @@ A variable the user has set already is never overridden.
 from __future__ import annotations
 
 import os
+import re
 
 # XLA auto-clustering restricted to element-wise/reduction ("fusible") ops; see TrainingConfig.xla_fusion.
 XLA_FUSION_FLAGS = "--tf_xla_auto_jit=2 --tf_xla_cpu_global_jit --tf_xla_ops_to_cluster=FUSIBLE"
@@ -24,3 +25,45 @@ def enable_xla_fusion(settings) -> bool:
         return False
     os.environ["TF_XLA_FLAGS"] = f"{current} {XLA_FUSION_FLAGS}".strip()
     return True
+
+
+# Lines that TensorFlow, XLA, absl and SentencePiece print from C++ straight to the process's stderr (file
+# descriptor 2), where Python's logging settings cannot reach them: absl's "I0000 00:00:... file.cc:12] ..." format,
+# absl's notice that it was not initialised, the CPU-feature notice, and SentencePiece's normaliser notice.
+NATIVE_LOG_LINE = re.compile(
+    rb"^(?:[IWEF]\d{4} [\d:.]+ +\d+ [^ ]+:\d+\] |WARNING: All log messages before absl::InitializeLog\(\)"
+    rb"|To enable the following instructions: |normalizer\.cc\(\d+\) LOG\(INFO\) )"
+)
+
+
+def hide_native_logs(pattern=NATIVE_LOG_LINE):
+    """Filters file descriptor 2 so that TensorFlow's native start-up noise (`oneDNN custom operations are on`,
+    `cuInit` errors on a machine without a GPU, ...) is not printed, while every other line (Python warnings, our
+    `error:` lines, tracebacks) passes unchanged. A thread copies the lines from a pipe to the real stderr; at exit
+    the real stderr is put back and the thread drains the pipe. The command line calls this unless `--verbose`."""
+    import atexit
+    import sys
+    import threading
+
+    sys.stderr.flush()
+    real = os.dup(2)
+    read_end, write_end = os.pipe()
+    os.dup2(write_end, 2)
+    os.close(write_end)
+
+    def copy_lines():
+        with os.fdopen(read_end, "rb") as pipe, os.fdopen(os.dup(real), "wb", buffering=0) as out:
+            for line in pipe:
+                if not pattern.match(line):
+                    out.write(line)
+
+    thread = threading.Thread(target=copy_lines, name="keras-transformer-stderr", daemon=True)
+    thread.start()
+
+    def restore():
+        sys.stderr.flush()
+        os.dup2(real, 2)  # closes the pipe's last write end: the thread reads to the end and stops
+        os.close(real)
+        thread.join(timeout=5)
+
+    atexit.register(restore)
