@@ -1,5 +1,6 @@
-"""Exporters: SavedModel for TF Serving (`saved_model.py`), TFLite for phones (`tflite.py`), and TF Serving's
-directory layout (`layout.py`). Names are imported on first use (`layout` needs no TensorFlow)."""
+"""Exporters: SavedModel for TF Serving (`saved_model.py`), TFLite for phones (`tflite.py`), CTranslate2, the fastest
+CPU engine (`ctranslate2.py`), and TF Serving's directory layout (`layout.py`). Names are imported on first use
+(`layout` needs no TensorFlow)."""
 
 import importlib
 
@@ -9,6 +10,8 @@ _EXPORTS = {
     "export_tflite": "keras_transformer.export.tflite",
     "TFLiteTranslator": "keras_transformer.export.tflite",
     "QUANTIZATIONS": "keras_transformer.export.tflite",
+    "export_ctranslate2": "keras_transformer.export.ctranslate2",
+    "CTranslate2Translator": "keras_transformer.export.ctranslate2",
 }
 __all__ = sorted(_EXPORTS)
 
