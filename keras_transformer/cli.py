@@ -58,28 +58,8 @@ def build_parser():
     train.add_argument("--run-name", default=None, help=f"run directory name under --runs-dir (default {DEFAULT_RUN_NAME})")
     train.add_argument("--runs-dir", default=DEFAULT_RUNS_DIR, help="where run directories live (default: saved_models)")
     _add_data_arguments(train)
-    train.add_argument("--preset", help="model preset: tiny, small, base, big (default small)")
     train.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a model field, e.g. --set num_layers=4 (repeatable)")
-    for name, kind, text in (
-        ("time-limit", float, "training wall-clock budget in minutes, counted across restarts (default 25)"),
-        ("epochs", int, "maximum number of epochs (default 100)"),
-        ("steps-per-epoch", int, "steps between dev-BLEU evaluations and backups (default 500)"),
-        ("max-length", int, "longest tokenized sentence kept (default 64)"),
-        ("tokens-per-batch", int, "batch size in tokens (default 4096)"),
-        ("warmup-steps", int, "learning-rate warmup steps (default 1000)"),
-        ("lr-scale", float, "constant factor on the paper's learning rate (default 1.0)"),
-        ("source-vocab-size", int, "source SentencePiece vocabulary size (default 8000)"),
-        ("target-vocab-size", int, "target SentencePiece vocabulary size (default 8000)"),
-        ("dev-bleu-sentences", int, "dev sentences scored after every epoch (default 500; 0 = none)"),
-        ("train-limit", int, "use only the first N training pairs"),
-        ("seed", int, "random seed (default 0)"),
-    ):
-        train.add_argument(f"--{name}", type=kind, help=text)
-    train.add_argument("--precision", choices=["auto", "float32", "mixed_bfloat16", "mixed_float16"], help="numeric precision (default auto)")
-    train.add_argument("--jit", action="store_true", help="XLA-compile the train step (off by default: slower on CPU)")
-    train.add_argument(
-        "--xla-fusion", action="store_true", help="let XLA fuse the element-wise ops of the train step (0-22%% faster depending on the CPU; slower start-up)"
-    )
+    _add_training_settings(train)
     train.add_argument("--no-evaluate", action="store_true", help="skip the test-set evaluation and sample translations")
     train.add_argument(
         "--strategy", choices=["default", "mirrored", "multi_worker", "tpu"], default="default",
@@ -138,6 +118,15 @@ def build_parser():
     average.add_argument("--out", help="output .keras path (default <model>/averaged.keras)")
     average.set_defaults(func=cmd_average)
 
+    upgrade = commands.add_parser(
+        "upgrade",
+        help="convert a run directory written by keras-transformer 0.1 to this version's model.keras",
+        description="Loads the old model.keras with the run's config.json and tokenizers and writes it again as a "
+        "TransformerSeq2SeqLM that holds its tokenizers (the old file is replaced atomically).",
+    )
+    upgrade.add_argument("--model", required=True, help="run directory (saved_models/<run-name>)")
+    upgrade.set_defaults(func=cmd_upgrade)
+
     from keras_transformer.serving.server import add_serve_arguments
 
     add_serve_arguments(commands.add_parser(
@@ -160,6 +149,27 @@ def build_parser():
     plot.add_argument("--out", default=None, help="output directory (default: <model>/plots or ./plots)")
     plot.set_defaults(func=cmd_plot)
     return parser
+
+
+def _add_training_settings(parser):
+    """One flag per TrainingConfig setting, with its help, choices and default taken from the dataclass (flags default
+    to None, so that only the settings given on the command line replace those of a --config file)."""
+    import dataclasses
+
+    from keras_transformer.config import TrainingConfig
+
+    group = parser.add_argument_group("training settings (keys of TrainingConfig; also for --config files)")
+    for field in dataclasses.fields(TrainingConfig):
+        meta = field.metadata
+        if "help" not in meta:
+            continue
+        flag = "--" + (meta["flag"] or field.name.replace("_", "-"))
+        text = f"{meta['help']} (default {field.default})"
+        if isinstance(field.default, bool):
+            group.add_argument(flag, dest=field.name, action="store_const", const=True, default=None, help=text)
+        else:
+            kind = meta["type"] or type(field.default)
+            group.add_argument(flag, dest=field.name, type=kind, choices=meta["choices"], default=None, help=text)
 
 
 def _add_decoding_arguments(parser):
@@ -253,28 +263,12 @@ def _parse_overrides(pairs):
 def settings_from_args(args):
     from keras_transformer.config import TrainingConfig
 
+    import dataclasses
+
     values = load_settings_file(args.config) if args.config else {}
-    flags = {
-        "preset": args.preset,
-        "time_limit_minutes": args.time_limit,
-        "epochs": args.epochs,
-        "steps_per_epoch": args.steps_per_epoch,
-        "max_length": args.max_length,
-        "tokens_per_batch": args.tokens_per_batch,
-        "warmup_steps": args.warmup_steps,
-        "lr_scale": args.lr_scale,
-        "source_vocab_size": args.source_vocab_size,
-        "target_vocab_size": args.target_vocab_size,
-        "dev_bleu_sentences": args.dev_bleu_sentences,
-        "train_limit": args.train_limit,
-        "seed": args.seed,
-        "precision": args.precision,
-    }
-    values.update({k: v for k, v in flags.items() if v is not None})
-    if args.jit:
-        values["jit_compile"] = True
-    if args.xla_fusion:
-        values["xla_fusion"] = True
+    for field in dataclasses.fields(TrainingConfig):
+        if "help" in field.metadata and getattr(args, field.name) is not None:
+            values[field.name] = getattr(args, field.name)
     if args.set:
         values["model_overrides"] = {**values.get("model_overrides", {}), **_parse_overrides(args.set)}
     return TrainingConfig.from_dict(values)
@@ -409,6 +403,21 @@ def cmd_average(args):
 
     path = average_checkpoints(args.model, last=args.last, out=args.out)
     print(f"Wrote {path}")
+    return 0
+
+
+def cmd_upgrade(args):
+    import warnings
+
+    from keras_transformer.run_directory import RunDirectory, load_seq2seq_lm, save_inference_model
+
+    run = RunDirectory(args.model)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*written by keras-transformer 0.1")
+        model = load_seq2seq_lm(run.path)
+    with run.lock():
+        save_inference_model(model, run.best_model_path)
+    print(f"Wrote {run.best_model_path}: a TransformerSeq2SeqLM with its tokenizers.")
     return 0
 
 

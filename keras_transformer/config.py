@@ -131,6 +131,13 @@ def _divisors_near(d_model, num_heads):
 PRECISIONS = ("auto", "float32", "mixed_bfloat16", "mixed_float16")
 
 
+def _setting(default, help, flag=None, choices=None, type=None):
+    """A `TrainingConfig` field with what the command line needs to offer it as a flag (`--<flag>`, default the
+    field name with dashes): its help text, its choices, and its type where the default does not tell it."""
+    metadata = {"help": help, "flag": flag, "choices": choices, "type": type}
+    return dataclasses.field(default=default, metadata=metadata)
+
+
 @dataclasses.dataclass
 class TrainingConfig:
     """Settings of a training run (the model's own hyperparameters live in `TransformerConfig`).
@@ -138,7 +145,9 @@ class TrainingConfig:
     Args:
         preset: model preset (`tiny`, `small`, `base`, `big`); `model_overrides` changes single fields.
         source_vocab_size, target_vocab_size: SentencePiece vocabulary sizes learned from the training text.
-        max_length: longest tokenized sentence kept (longer pairs are filtered out and counted).
+        max_length: longest tokenized sentence kept (longer pairs are filtered out and counted), START/END
+            included. It is also the model's max_length (the length of its positional-encoding table): it replaces
+            the preset's, and a `max_length` in `model_overrides` is refused, so the two can never disagree.
         tokens_per_batch: batch size in tokens; bucketing by length makes batches of similar length.
         warmup_steps, lr_scale: the paper's schedule, `lr_scale * d_model^-0.5 * min(...)`. The paper warms up
             for 4000 steps of a 100k-step run; the default 1000 suits the ~2000 steps of a 25-minute CPU run.
@@ -167,25 +176,25 @@ class TrainingConfig:
         seed: seeds shuffling, initialisation and tokenizer training.
     """
 
-    preset: str = "small"
+    preset: str = _setting("small", "model preset", choices=tuple(PRESETS))
     model_overrides: dict = dataclasses.field(default_factory=dict)
-    source_vocab_size: int = 8000
-    target_vocab_size: int = 8000
-    max_length: int = 64
-    tokens_per_batch: int = 4096
-    warmup_steps: int = 1000
-    lr_scale: float = 1.0
-    label_smoothing: float = 0.1
-    precision: str = "auto"
-    jit_compile: bool = False
-    xla_fusion: bool = False
-    steps_per_epoch: int = 500
-    epochs: int = 100
-    time_limit_minutes: Optional[float] = 25.0
-    dev_bleu_sentences: int = 500
-    train_limit: Optional[int] = None
-    keep_checkpoints: int = 5
-    seed: int = 0
+    source_vocab_size: int = _setting(8000, "source SentencePiece vocabulary size (smaller when the data cannot fill it)")
+    target_vocab_size: int = _setting(8000, "target SentencePiece vocabulary size (smaller when the data cannot fill it)")
+    max_length: int = _setting(64, "longest tokenized sentence, START/END included; also the model's max_length")
+    tokens_per_batch: int = _setting(4096, "batch size in tokens (the global batch under tf.distribute)")
+    warmup_steps: int = _setting(1000, "learning-rate warmup steps")
+    lr_scale: float = _setting(1.0, "constant factor on the paper's learning rate")
+    label_smoothing: float = _setting(0.1, "label smoothing of the cross-entropy")
+    precision: str = _setting("auto", "numeric precision (auto: mixed_bfloat16 on CPUs with bf16 units and GPUs)", choices=PRECISIONS)
+    jit_compile: bool = _setting(False, "XLA-compile the train step (slower on CPU: it loses oneDNN's bf16 matmuls)", flag="jit")
+    xla_fusion: bool = _setting(False, "let XLA fuse the element-wise ops of the train step (0-22%% faster depending on the CPU; slower start-up)")
+    steps_per_epoch: int = _setting(500, "steps between dev-BLEU evaluations and backups")
+    epochs: int = _setting(100, "maximum number of epochs")
+    time_limit_minutes: Optional[float] = _setting(25.0, "training wall-clock budget in minutes, counted across restarts", flag="time-limit", type=float)
+    dev_bleu_sentences: int = _setting(500, "dev sentences scored after every epoch (0 = none)")
+    train_limit: Optional[int] = _setting(None, "use only the first N training pairs", type=int)
+    keep_checkpoints: int = _setting(5, "per-epoch weight checkpoints kept for averaging")
+    seed: int = _setting(0, "random seed")
 
     def __post_init__(self):
         if self.precision not in PRECISIONS:
@@ -205,10 +214,17 @@ class TrainingConfig:
             raise ValueError(f"dev_bleu_sentences must be >= 0, got {self.dev_bleu_sentences}.")
         if self.train_limit is not None and self.train_limit <= 0:
             raise ValueError(f"train_limit must be positive or None, got {self.train_limit}.")
+        if "max_length" in self.model_overrides:
+            raise ValueError(
+                "max_length is one setting for the data and the model: set it as the training setting max_length "
+                "(--max-length), not as a model override."
+            )
         self.model_config(1, 1)  # validates preset and overrides early
 
     def model_config(self, src_vocab_size, tgt_vocab_size) -> TransformerConfig:
-        values = {"max_length": self.max_length, **self.model_overrides}
+        """The model's config: the preset, the overrides, the vocabulary sizes and this run's max_length (which
+        replaces the preset's)."""
+        values = {**self.model_overrides, "max_length": self.max_length}
         return TransformerConfig.from_preset(self.preset, src_vocab_size=src_vocab_size, tgt_vocab_size=tgt_vocab_size, **values)
 
     @classmethod

@@ -51,8 +51,10 @@ def hide_native_logs(pattern=NATIVE_LOG_LINE):
     os.dup2(write_end, 2)
     os.close(write_end)
 
+    out_fd = os.dup(real)  # the thread's own copy, so that restore() may close `real` at any time
+
     def copy_lines():
-        with os.fdopen(read_end, "rb") as pipe, os.fdopen(os.dup(real), "wb", buffering=0) as out:
+        with os.fdopen(read_end, "rb") as pipe, os.fdopen(out_fd, "wb", buffering=0) as out:
             for line in pipe:
                 if not pattern.match(line):
                     out.write(line)

@@ -198,6 +198,12 @@ def test_run_directory_of_the_previous_version_loads_with_a_warning(lm, tiny_run
         translator = Translator.load(old)
     sentences = ["파일을 열 수 없습니다", "설정"]
     assert translator.translate(sentences) == Translator(lm).translate(sentences)
+    upgraded = subprocess.run([sys.executable, "-m", "keras_transformer", "upgrade", "--model", str(old)],
+                              capture_output=True, text=True, env=ENV, timeout=240)
+    assert upgraded.returncode == 0, upgraded.stderr[-2000:]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no conversion warning any more: the file is a TransformerSeq2SeqLM now
+        assert Translator.load(old).translate(sentences) == translator.translate(sentences)
 
 
 def test_mixed_precision_model_decodes_with_float32_weights_like_the_float32_export(lm):
