@@ -303,11 +303,19 @@ def cmd_train(args):
     from keras_transformer.translator import Translator
 
     translator = Translator.load(run_dir)
-    test_corpus = _load_corpus(args.test, "test", args)
-    result = evaluate(translator, test_corpus, run_dir / "eval-test")
-    print(f"Test BLEU {result['bleu']} (case-insensitive {result['bleu_case_insensitive']}), chrF {result['chrf']} "
-          f"on {result['sentences']} sentences; details in {run_dir / 'eval-test'}")
-    samples = [LECTURE_SENTENCE] + test_corpus.sources[:4] if args.direction == "ko-en" and not args.test else test_corpus.sources[:5]
+    run = _run_dir_of(run_dir)
+    # The user's own test file; with only a dev file of their own, that one (the scores are then optimistic: it
+    # chose the best epoch); else the bundled test split.
+    split = "dev" if args.dev and not args.test else "test"
+    test_corpus = dev_corpus if split == "dev" else _load_corpus(args.test, "test", args)
+    result = evaluate(translator, test_corpus, run.eval_dir(split))
+    placeholders = result["placeholders"]
+    kept = f"; placeholders kept in {placeholders['hypothesis_percent']}% of {placeholders['with_placeholders']} sentences with any" if placeholders["with_placeholders"] else ""
+    print(f"{split.capitalize()} BLEU {result['bleu']} (case-insensitive {result['bleu_case_insensitive']}), chrF {result['chrf']} "
+          f"on {result['sentences']} sentences{kept}; details in {run.eval_dir(split)}")
+    # Sample translations from the user's own data when given; the lecture's sentence only for the bundled ko-en.
+    own = args.test or args.dev or args.train
+    samples = test_corpus.sources[:5] if own or args.direction != "ko-en" else [LECTURE_SENTENCE] + test_corpus.sources[:4]
     for source, output in zip(samples, translator.translate(samples)):
         print(f"  {source}\n    -> {output}")
     return 0

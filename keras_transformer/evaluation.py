@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import time
+import warnings
 from pathlib import Path
+
+from keras_transformer.data.placeholders import placeholder_agreement
 
 
 def corpus_scores(hypotheses, references) -> dict:
@@ -27,6 +30,7 @@ def evaluate(translator, corpus, out_dir=None, batch_size=64, decoding=None, **d
     """Translates `corpus.sources` (with `decoding` and its options, see `Translator.translate`), scores against
     `corpus.targets`; with `out_dir`, writes `hypotheses.txt` (one line per source) and `report.json`, each
     atomically. Returns the report."""
+    warn_if_columns_look_swapped(translator, corpus.sources)
     started = time.time()
     hypotheses = translator.translate(corpus.sources, decoding=decoding, batch_size=batch_size, **decoding_options)
     seconds = time.time() - started
@@ -35,6 +39,9 @@ def evaluate(translator, corpus, out_dir=None, batch_size=64, decoding=None, **d
         "sentences": len(hypotheses),
         "decoding": {"name": decoding or ("beam" if (decoding_options.get("beam_size") or 1) > 1 else "greedy"), **decoding_options},
         **corpus_scores(hypotheses, corpus.targets),
+        # Sentences whose translation keeps exactly the source's format placeholders (and, as the ceiling, how
+        # often the reference does).
+        "placeholders": placeholder_agreement(corpus.sources, hypotheses, corpus.targets),
         "decode_seconds": round(seconds, 1),
         "sentences_per_second": round(len(hypotheses) / max(seconds, 1e-9), 1),
         "examples": [
@@ -49,3 +56,32 @@ def evaluate(translator, corpus, out_dir=None, batch_size=64, decoding=None, **d
         atomic_write(out_dir / "hypotheses.txt", "".join(h.replace("\n", " ") + "\n" for h in hypotheses))
         atomic_write_json(out_dir / "report.json", report)
     return report
+
+
+def source_coverage(tokenizer, texts, sample=200) -> float:
+    """Share of the first `sample` texts' pieces that are real vocabulary pieces (not `<unk>` or UTF-8 byte pieces):
+    near 1 for text in the tokenizer's language, low for text in another script."""
+    from keras_transformer.data.special_ids import UNK_ID
+
+    pieces = tokenizer.id_to_piece
+    total = known = 0
+    for text in list(texts)[:sample]:
+        for token in tokenizer.encode(text):
+            total += 1
+            known += token != UNK_ID and not (pieces[token].startswith("<0x") and pieces[token].endswith(">"))
+    return known / total if total else 1.0
+
+
+def warn_if_columns_look_swapped(translator, sources, threshold=0.5):
+    """Warns when most source pieces are unknown or byte pieces: the file's columns are probably the wrong way
+    round for this model (--source-column / --target-column)."""
+    if translator.source_tokenizer is None:
+        return
+    coverage = source_coverage(translator.source_tokenizer, sources)
+    if coverage < threshold:
+        warnings.warn(
+            f"Only {coverage:.0%} of the source pieces are in the model's source vocabulary (the rest are unknown "
+            "or byte pieces): the source text may be in the wrong language for this model. If the file's columns "
+            "are swapped, pass --source-column / --target-column.",
+            stacklevel=2,
+        )

@@ -7,6 +7,10 @@ The rules, written only here (training pipeline, `Translator`, `generate`, Saved
     labels         = target ids + END
 
 Everything is 0-padded (PAD_ID). The source and the target have their own SentencePiece tokenizers.
+
+Format placeholders (`%s`, `%1`, `{0}`, ...; `keras_transformer.data.placeholders`) are replaced by the reserved
+tokens ⦅1⦆, ⦅2⦆, ... before tokenization and put back after detokenization, whenever both tokenizers hold those
+tokens as pieces (every tokenizer trained by this version; models of 0.1 run without protection).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import keras
 import keras_hub
 import tensorflow as tf
 
+from keras_transformer.data import placeholders as placeholder_rules
 from keras_transformer.data.special_ids import END_ID, PAD_ID, START_ID
 from keras_transformer.data.tokenizer import SubwordTokenizer
 
@@ -73,22 +78,69 @@ class TransformerSeq2SeqLMPreprocessor(keras_hub.models.Seq2SeqLMPreprocessor):
     def build(self, input_shape=None):
         self.built = True
 
+    # === Placeholders ===
+    @property
+    def placeholder_ids(self):
+        """`(source ids, target ids)` of the placeholder tokens ⦅1⦆ .. ⦅16⦆, or None when the tokenizers do not
+        hold them (then no protection happens)."""
+        if self.source_tokenizer.proto is None or self.target_tokenizer.proto is None:
+            return None  # vocabularies not loaded yet (a model being deserialized): decide once they are
+        if getattr(self, "_placeholder_ids", "unknown") == "unknown":
+            try:
+                self._placeholder_ids = (
+                    tuple(placeholder_rules.placeholder_token_ids(self.source_tokenizer)),
+                    tuple(placeholder_rules.placeholder_token_ids(self.target_tokenizer)),
+                )
+            except ValueError:
+                self._placeholder_ids = None
+        return self._placeholder_ids
+
+    def protect(self, texts) -> tuple[list[str], list[list[str]]]:
+        """Python: `(protected texts, placeholders of each)`; the texts unchanged without placeholder tokens."""
+        if self.placeholder_ids is None:
+            return list(texts), [[] for _ in texts]
+        pairs = [placeholder_rules.protect(text) for text in texts]
+        return [p for p, _ in pairs], [list(found) for _, found in pairs]
+
+    def restore(self, translations, placeholders) -> list[str]:
+        """Python: each translation with its source's placeholders put back (`placeholders.restore`)."""
+        if self.placeholder_ids is None:
+            return list(translations)
+        return [placeholder_rules.restore(t, found) for t, found in zip(translations, placeholders)]
+
     # === The rules ===
+    def source_ids_and_placeholders(self, texts):
+        """Graph or eager: `(ragged encoder ids [batch, None], ragged placeholders [batch, None])` for a `tf.string`
+        `[batch]`: placeholders protected, source ids cut to `max_length - 1`, then END."""
+        texts = tf.convert_to_tensor(texts, tf.string)
+        if self.placeholder_ids is not None:
+            texts, found = placeholder_rules.tf_protect(texts)
+        else:
+            found = tf.RaggedTensor.from_row_lengths(tf.zeros([0], tf.string), tf.zeros_like(texts, tf.int64))
+        ids = self.source_tokenizer.tokenize(texts)
+        return pack_encoder(ids, self.max_length), found
+
     def source_ids(self, texts) -> tf.RaggedTensor:
         """Ragged encoder ids `[batch, None]` for strings (a list, or a `tf.string` tensor `[batch]`; works in a
-        graph): source ids cut to `max_length - 1`, then END."""
-        ids = self.source_tokenizer.tokenize(texts)
-        if not isinstance(ids, tf.RaggedTensor):  # one string
-            ids = tf.RaggedTensor.from_tensor(ids[tf.newaxis])
-        return pack_encoder(ids, self.max_length)
+        graph): placeholders protected, source ids cut to `max_length - 1`, then END."""
+        if isinstance(texts, str):
+            texts = [texts]
+        return self.source_ids_and_placeholders(texts)[0]
 
-    def encode_sources(self, texts) -> list[list[int]]:
+    def restore_in_graph(self, translations, placeholders):
+        """The graph version of `restore`, for the SavedModel's string signature."""
+        if self.placeholder_ids is None:
+            return translations
+        return placeholder_rules.tf_restore(translations, placeholders)
+
+    def encode_sources(self, texts, return_placeholders=False):
         """Encoder ids as Python lists (eager), warning once per call about sources that were cut, with the real
-        limit in tokens."""
+        limit in tokens; with `return_placeholders`, also each source's protected placeholders (for `restore`)."""
         texts = [texts] if isinstance(texts, str) else list(texts)
         if not texts:
-            return []
-        raw = self.source_tokenizer.tokenize(texts)
+            return ([], []) if return_placeholders else []
+        protected, found = self.protect(texts)
+        raw = self.source_tokenizer.tokenize(protected)
         cut = int(tf.reduce_sum(tf.cast(raw.row_lengths() > self.max_length - 1, tf.int32)))
         if cut:
             warnings.warn(
@@ -96,21 +148,31 @@ class TransformerSeq2SeqLMPreprocessor(keras_hub.models.Seq2SeqLMPreprocessor):
                 f"{self.max_length} minus END) and were cut to that many.",
                 stacklevel=2,
             )
-        return pack_encoder(raw, self.max_length).to_list()
+        ids = pack_encoder(raw, self.max_length).to_list()
+        return (ids, found) if return_placeholders else ids
 
     def pair_ids(self, source_text, target_text=None) -> tuple[list[int], list[int]]:
         """`(encoder_ids, decoder_ids)` of one sentence pair as the model reads it in teacher forcing: source ids +
         END, and START + target ids (START alone without a target), each cut to fit `max_length`. For attention
         plots and the demo."""
         encoder_ids = self.encode_sources([source_text])[0]
-        target_ids = self.target_tokenizer.encode(target_text)[: self.max_length - 1] if target_text is not None else []
+        target_ids = []
+        if target_text is not None:
+            target_text = self.protect([target_text])[0][0] if self.placeholder_ids is not None else target_text
+            target_ids = self.target_tokenizer.encode(target_text)[: self.max_length - 1]
         decoder_ids, _ = pack_target(tf.constant(target_ids, tf.int32))
         return encoder_ids, [int(i) for i in decoder_ids.numpy()]
 
     # === keras-hub's preprocessor interface ===
     def call(self, x, y=None, sample_weight=None):
+        # Training on strings protects each side on its own (in the graph): right whenever the target has its
+        # placeholders in the source's order. The main job pairs them up in Python (`placeholders.protect_pair`),
+        # which also learns reordering.
         encoder_inputs = self.source_ids(x["encoder_text"]).to_tensor(default_value=PAD_ID)
-        target_ids = self.target_tokenizer.tokenize(x["decoder_text"])
+        decoder_text = x["decoder_text"]
+        if self.placeholder_ids is not None:
+            decoder_text, _ = placeholder_rules.tf_protect(tf.convert_to_tensor(decoder_text, tf.string))
+        target_ids = self.target_tokenizer.tokenize(decoder_text)
         if not isinstance(target_ids, tf.RaggedTensor):
             target_ids = tf.RaggedTensor.from_tensor(target_ids[tf.newaxis])
         decoder_inputs, labels = pack_target(target_ids[:, : self.max_length - 1])

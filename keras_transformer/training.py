@@ -8,6 +8,7 @@ time already spent.
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -81,6 +82,7 @@ def _train(settings, run, train_corpus, dev_corpus, verbose, extra_callbacks, st
     keras.utils.set_random_seed(settings.seed)
     if settings.train_limit:
         train_corpus = train_corpus.head(settings.train_limit)
+    train_corpus = protect_placeholders(train_corpus)
 
     # Tokenizers: learned once, then reused on restart.
     tokenizers = {}
@@ -177,6 +179,16 @@ def _train(settings, run, train_corpus, dev_corpus, verbose, extra_callbacks, st
     }
     run.write_report(run.report_path, report)
     return report
+
+
+def protect_placeholders(corpus):
+    """The training pairs with their format placeholders replaced by ⦅1⦆, ⦅2⦆, ... (`placeholders.protect_pair`: a
+    target placeholder takes the token of the same source placeholder, so reordered placeholders are learnt). The
+    tokenizers learn from this text, so no vocabulary is spent on the placeholders themselves."""
+    from keras_transformer.data.placeholders import protect_pairs
+
+    sources, targets = protect_pairs(corpus.sources, corpus.targets)
+    return dataclasses.replace(corpus, sources=sources, targets=targets)
 
 
 # Settings that only say how long to train, how often to look, or how fast to run (not what is learned): a restart

@@ -19,9 +19,10 @@ MIN_SHARDED_BATCH = 16
 class Translator:
     """Translates batches of sentences with a trained Transformer.
 
-    Sources go through the model's preprocessor (source ids + END), the batch is sorted by length and padded to a
-    multiple of 8 (few distinct shapes, so the compiled decoder is reused), decoded with the cached XLA-compiled
-    loop, and detokenized back in the original order.
+    Sources go through the model's preprocessor (format placeholders protected as ⦅1⦆, ⦅2⦆, ...; source ids + END),
+    the batch is sorted by length and padded to a multiple of 8 (few distinct shapes, so the compiled decoder is
+    reused), decoded with the cached XLA-compiled loop (which never emits a placeholder token the source lacks), and
+    detokenized back in the original order with the placeholders put back.
 
     Greedy batches of 16 or more sentences are split into `decode_shards` equal parts, each decoded by the same
     compiled loop in its own thread, at the same time. A decode step is a chain of small ops that XLA runs one after
@@ -141,7 +142,8 @@ class Translator:
             if decoding == "greedy" and options.get("beam_size") == 1:
                 options.pop("beam_size")
         resolve_decoding(decoding, **options)  # refuses options the decoding does not take, before any work
-        encoded = self.encode_sources(texts)
+        self._require_tokenizers()
+        encoded, placeholders = self.preprocessor.encode_sources(texts, return_placeholders=True)
         order = np.argsort([len(ids) for ids in encoded], kind="stable")
         results = [None] * len(texts)
         for start in range(0, len(order), batch_size):
@@ -151,10 +153,9 @@ class Translator:
             if ids.ndim == 2:  # one hypothesis per source
                 ids, scores = ids[:, None, :], scores[:, None]
             for i, hypotheses, hypothesis_scores in zip(chunk, ids, scores):
-                results[i] = [
-                    (self.target_tokenizer.decode([int(t) for t in row]), float(score))
-                    for row, score in zip(hypotheses, hypothesis_scores)
-                ]
+                texts_i = [self.target_tokenizer.decode([int(t) for t in row]) for row in hypotheses]
+                restored = self.preprocessor.restore(texts_i, [placeholders[i]] * len(texts_i))
+                results[i] = [(text, float(score)) for text, score in zip(restored, hypothesis_scores)]
         return results
 
     def translate_ids(self, encoder_ids, decoding="greedy", use_cache=True, **options):
@@ -165,7 +166,8 @@ class Translator:
         if key not in self._compiled:
             search = search_function(spec)
             model, config, steps = self._decode_model, self.config, self.max_output_length
-            fn = lambda x: search(model, config, x, steps, use_cache=use_cache, **options)  # noqa: E731
+            placeholder_ids = self.preprocessor.placeholder_ids if self.preprocessor is not None else None
+            fn = lambda x: search(model, config, x, steps, use_cache=use_cache, placeholder_ids=placeholder_ids, **options)  # noqa: E731
             # One trace for all shapes; XLA compiles once per padded shape (lengths are multiples of 8).
             signature = [tf.TensorSpec([None, None], tf.int32)]
             self._compiled[key] = tf.function(fn, input_signature=signature, jit_compile=self.jit_compile)

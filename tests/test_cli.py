@@ -59,3 +59,41 @@ def test_translate_and_evaluate_take_the_options_of_their_decoding(tiny_run_dir,
 
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert report["decoding"] == {"name": "beam", "beam_size": 3, "alpha": 0.2}
+
+
+def _synthetic_pairs(count, seed):
+    """German-like source sentences and their English translations, built from a small word table, some with
+    placeholders: another language pair in another script than the bundled corpus."""
+    import random
+
+    words = {"haus": "house", "katze": "cat", "datei": "file", "fenster": "window", "ordner": "folder", "bild": "picture",
+             "groß": "big", "klein": "small", "neu": "new", "alt": "old", "öffnen": "open", "schließen": "close"}
+    nouns, adjectives, verbs = list(words)[:6], list(words)[6:10], list(words)[10:]
+    rng = random.Random(seed)
+    pairs = []
+    for _ in range(count):
+        noun, adjective, verb = rng.choice(nouns), rng.choice(adjectives), rng.choice(verbs)
+        tail = rng.choice(["", " %s", " %1"])
+        pairs.append((f"{words[verb]} the {words[adjective]} {words[noun]}{tail}", f"das {adjective}e {noun} {verb}{tail}"))
+    return pairs
+
+
+def test_bring_your_own_language_pair_with_swapped_columns(tmp_path):
+    """`train --train my.tsv --dev my_dev.tsv --source-column 1 --target-column 0` on a German->English pair: small
+    data gets a vocabulary that fits (with a warning), the report and the sample translations come from the
+    user's own dev file, never the bundled Korean sentences; evaluating it on Korean text warns about the columns."""
+    for name, count, seed in (("my.tsv", 800, 0), ("my_dev.tsv", 40, 1)):
+        # English in column 0, German in column 1: the source is column 1.
+        (tmp_path / name).write_text("".join(f"{en}\t{de}\n" for en, de in _synthetic_pairs(count, seed)), encoding="utf-8")
+    runs = tmp_path / "runs"
+    out = run("train", "--runs-dir", str(runs), "--run-name", "de-en", "--train", str(tmp_path / "my.tsv"),
+              "--dev", str(tmp_path / "my_dev.tsv"), "--source-column", "1", "--target-column", "0", "--preset", "tiny",
+              "--steps-per-epoch", "30", "--epochs", "2", "--dev-bleu-sentences", "20", "--tokens-per-batch", "1024",
+              "--warmup-steps", "20", "--lr-scale", "0.3", "--time-limit", "5", timeout=600)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "does not fit these 800 sentences" in out.stderr  # 8,000 pieces asked for, fewer trained
+    assert "Dev BLEU" in out.stdout and (runs / "de-en" / "eval-dev" / "report.json").exists()
+    assert "어제" not in out.stdout and "das " in out.stdout  # samples from the user's dev file
+    korean = run("evaluate", "--model", str(runs / "de-en"), "--split", "test", "--out", str(tmp_path / "ko"))
+    assert korean.returncode == 0, korean.stderr[-2000:]
+    assert "may be in the wrong language" in korean.stderr and "--source-column" in korean.stderr

@@ -91,8 +91,13 @@ def _teacher_forced_log_probability(translator, encoder_ids, tokens):
 
     from keras_transformer.data import START_ID
 
+    from keras_transformer.decoding.state import allowed_placeholders
+
     decoder_inputs = np.concatenate([np.full((len(tokens), 1), START_ID, np.int32), tokens[:, :-1]], axis=1)
-    logits = translator._decode_model({"encoder_inputs": encoder_ids, "decoder_inputs": decoder_inputs})
+    logits = keras.ops.convert_to_numpy(translator._decode_model({"encoder_inputs": encoder_ids, "decoder_inputs": decoder_inputs}))
+    # The searches never choose a placeholder token the source lacks: score with the same mask.
+    allowed = allowed_placeholders(encoder_ids, translator.preprocessor.placeholder_ids, logits.shape[-1]).numpy()
+    logits = np.where(allowed[:, None, :], logits, np.finfo(np.float32).min)
     log_probs = keras.ops.convert_to_numpy(keras.ops.log_softmax(logits, axis=-1))
     chosen = np.take_along_axis(log_probs, tokens[:, :, None], axis=-1)[:, :, 0]
     ended = np.cumsum(tokens == END_ID, axis=1) - (tokens == END_ID)  # 0 up to and including the first END

@@ -150,3 +150,43 @@ def test_ids_only_saved_model_loads_without_tensorflow_text(translator, tmp_path
     assert not result["text_ops_loaded"]
     keras_ids, _ = translator.translate_ids(np.array(ids, np.int32))
     np.testing.assert_array_equal(np.array(result["output_ids"]), keras_ids)
+
+
+PLACEHOLDER_SOURCES = ["%1 파일을 열 수 없습니다: %2", "%s의 %d개 항목", "{0} 님, 안녕하세요", "%(name)s 삭제", "설정", "%1$s 및 %2$s"]
+
+
+def test_every_path_protects_placeholders_the_same_way(translator, saved_model_dir, tmp_path):
+    """Translator, generate, the SavedModel's string signature (what `serve` runs) and the TFLite runner give the
+    same translations of sentences with placeholders, and each keeps exactly the source's placeholders."""
+    from keras_transformer.data.placeholders import find_placeholders, placeholder_agreement
+
+    assert translator.preprocessor.placeholder_ids is not None  # tokenizers of this version hold the tokens
+    keras_out = translator.translate(PLACEHOLDER_SOURCES)
+    assert translator.task.generate(PLACEHOLDER_SOURCES) == keras_out
+    assert load_translator(saved_model_dir).translate(PLACEHOLDER_SOURCES) == keras_out
+    tflite = export_tflite(translator, tmp_path / "m.tflite")
+    assert TFLiteTranslator.load(tflite).translate(PLACEHOLDER_SOURCES) == keras_out
+    for source, output in zip(PLACEHOLDER_SOURCES, keras_out):
+        assert sorted(find_placeholders(output)) == sorted(find_placeholders(source)), (source, output)
+    assert placeholder_agreement(PLACEHOLDER_SOURCES, keras_out)["hypothesis_percent"] == 100.0
+    beams = translator.translate_nbest(PLACEHOLDER_SOURCES, decoding="beam", beam_size=3)
+    for source, hypotheses in zip(PLACEHOLDER_SOURCES, beams):
+        for text, _ in hypotheses:
+            assert sorted(find_placeholders(text)) == sorted(find_placeholders(source)), (source, text)
+
+
+def test_decoding_never_emits_a_placeholder_token_the_source_lacks(translator):
+    """The mask, not restore's repair: with every logit pushed towards ⦅5⦆, a source with two placeholders still
+    never gets ⦅3⦆..⦅16⦆, and one without placeholders gets none."""
+    from keras_transformer.decoding.state import allowed_placeholders
+    from keras_transformer.translator import pad_batch
+
+    source_ids, target_ids = translator.preprocessor.placeholder_ids
+    encoder_ids = pad_batch(translator.encode_sources(["%1 및 %2", "설정"]), max_length=translator.config.max_length)
+    allowed = allowed_placeholders(encoder_ids, (source_ids, target_ids), translator.config.tgt_vocab_size).numpy()
+    assert allowed[0, list(target_ids[:2])].all() and not allowed[0, list(target_ids[2:])].any()
+    assert not allowed[1, list(target_ids)].any()
+    assert allowed[:, 4:].sum(axis=1).tolist() == [translator.config.tgt_vocab_size - 4 - 14, translator.config.tgt_vocab_size - 4 - 16]
+    ids, _ = translator.translate_ids(encoder_ids, "sample", temperature=50.0, seed=1)  # nearly uniform choice
+    for row, count in zip(ids, (2, 0)):
+        assert not set(row.tolist()) & set(target_ids[count:])

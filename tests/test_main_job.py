@@ -157,7 +157,7 @@ def test_bad_training_file_gives_a_clear_error_and_no_output(tmp_path, content, 
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--preset", "huge"], "Unknown preset"),
+        (["--preset", "huge"], "invalid choice: 'huge'"),
         (["--tokens-per-batch", "0"], "tokens_per_batch"),
         (["--set", "num_heads=5"], "num_heads=5 must divide"),
         (["--precision", "float8"], "invalid choice"),

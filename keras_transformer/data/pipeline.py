@@ -15,7 +15,9 @@ so ``decoder_inputs[:, 1:] == labels[:, :-1]`` on real positions. The source
 also gets END: the encoder then sees an explicit end of sentence (and never an
 empty sequence), as in the original Transformer / tensor2tensor setup. These
 rules are written once, in :mod:`keras_transformer.preprocessor`, which this
-pipeline, decoding and the exports all use.
+pipeline, decoding and the exports all use. Format placeholders are protected as
+pairs (:func:`keras_transformer.data.placeholders.protect_pair`) when both
+tokenizers hold the placeholder tokens, as the preprocessor protects sources.
 
 Length filter: a pair is dropped when ``len(source) + 1`` or ``len(target) + 1``
 exceeds ``max_length``. Tokenization runs once, eagerly, with the tokenizers'
@@ -39,6 +41,7 @@ from typing import Sequence
 import numpy as np
 import tensorflow as tf
 
+from keras_transformer.data.placeholders import holds_placeholder_tokens, protect_pairs
 from keras_transformer.data.tokenizer import PAD_ID, SubwordTokenizer
 from keras_transformer.preprocessor import pack_encoder, pack_target
 
@@ -200,6 +203,8 @@ def make_dataset(
     else:
         batch_sizes = [batch_size] * len(boundaries)
 
+    if holds_placeholder_tokens(source_tokenizer) and holds_placeholder_tokens(target_tokenizer):
+        sources, targets = protect_pairs(sources, targets)  # as the preprocessor does at translation time
     source_ids = _tokenize(source_tokenizer, sources)
     target_ids = _tokenize(target_tokenizer, targets)
     source_lengths = source_ids.row_lengths().numpy() + 1  # + END

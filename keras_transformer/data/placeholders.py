@@ -60,6 +60,8 @@ __all__ = [
     "placeholder_token_ids",
     "protect",
     "protect_pair",
+    "protect_pairs",
+    "holds_placeholder_tokens",
     "restore",
     "tf_protect",
     "tf_restore",
@@ -194,6 +196,22 @@ def protect_pair(source: str, target: str, markup: bool = False) -> tuple[str, s
         return PLACEHOLDER_TOKENS[same[0]]
 
     return protected_source, _PY_PATTERNS[bool(markup)].sub(replace, target), placeholders
+
+
+def protect_pairs(sources: Sequence[str], targets: Sequence[str], markup: bool = False) -> tuple[list[str], list[str]]:
+    """:func:`protect_pair` over a parallel corpus: `(protected sources, protected targets)`. Idempotent: protected
+    text holds no placeholder any more."""
+    protected = [protect_pair(source, target, markup=markup) for source, target in zip(sources, targets)]
+    return [source for source, _, _ in protected], [target for _, target, _ in protected]
+
+
+def holds_placeholder_tokens(tokenizer) -> bool:
+    """Whether the tokenizer has every placeholder token as a piece (all tokenizers trained by this version do)."""
+    try:
+        placeholder_token_ids(tokenizer)
+    except ValueError:
+        return False
+    return True
 
 
 def restore(translation: str, placeholders: Sequence[str]) -> str:

@@ -50,6 +50,7 @@ import tensorflow_text as tf_text
 from tensorflow_text.python.ops import sentencepiece_tokenizer as _tf_text_sp
 
 # Defined once for the whole package in special_ids; re-exported here.
+from keras_transformer.data.placeholders import PLACEHOLDER_TOKENS
 from keras_transformer.data.special_ids import END_ID, PAD_ID, START_ID, UNK_ID
 
 __all__ = [
@@ -63,11 +64,13 @@ __all__ = [
 
 # Always kept as single pieces. Chosen from the most frequent printf/Qt/Python
 # placeholders in the bundled training data (``%s`` alone is in 60k lines).
+# And the reserved placeholder tokens ⦅1⦆ .. ⦅16⦆ (keras_transformer.data.placeholders), which take the place of
+# the format placeholders in training data and at translation time.
 DEFAULT_USER_DEFINED_SYMBOLS: tuple[str, ...] = (
     "%s", "%d", "%u", "%i", "%c", "%x", "%ld", "%lu", "%zu", "%%",
     "%1", "%2", "%3", "%4", "%5", "%6", "%7", "%8", "%9",
     "{0}", "{1}", "{2}", "{3}", "{}", "%(",
-)  # fmt: skip
+) + PLACEHOLDER_TOKENS  # fmt: skip
 
 
 def _as_string_tensor(texts) -> tf.Tensor | tf.RaggedTensor:

@@ -11,7 +11,7 @@ def length_penalty(length, alpha):
     return tf.pow((5.0 + tf.cast(length, tf.float32)) / 6.0, alpha)
 
 
-def beam_search(model, config, encoder_inputs, max_steps, beam_size=4, alpha=0.6, use_cache=True):
+def beam_search(model, config, encoder_inputs, max_steps, beam_size=4, alpha=0.6, use_cache=True, placeholder_ids=None):
     """Keeps the `beam_size` most likely prefixes per source. A finished beam (it produced END) only extends with
     padding at no cost. At the end, beams are ranked by log-probability / length_penalty(length, alpha).
 
@@ -25,7 +25,7 @@ def beam_search(model, config, encoder_inputs, max_steps, beam_size=4, alpha=0.6
     batch = tf.shape(encoder_inputs)[0]
     # Every source is repeated beam_size times: row b * beam_size + k is beam k of source b.
     tiled = tf.repeat(encoder_inputs, beam_size, axis=0)
-    state = DecoderState(model, config, tiled, max_steps, use_cache=use_cache)
+    state = DecoderState(model, config, tiled, max_steps, use_cache=use_cache, placeholder_ids=placeholder_ids)
     vocab = config.tgt_vocab_size
     columns = tf.range(max_steps + 1)
     tokens = tf.where(tf.equal(columns, 0)[None, :], START_ID, tf.fill(tf.stack([batch * beam_size, max_steps + 1]), PAD_ID))

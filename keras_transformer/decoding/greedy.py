@@ -6,13 +6,14 @@ from keras_transformer.decoding.loop import decode_loop
 from keras_transformer.decoding.state import DecoderState
 
 
-def greedy_search(model, config, encoder_inputs, max_steps, use_cache=True):
-    """`encoder_inputs` `[batch, src_len]` -> `(ids [batch, max_steps], scores [batch])`.
+def greedy_search(model, config, encoder_inputs, max_steps, use_cache=True, placeholder_ids=None):
+    """`encoder_inputs` `[batch, src_len]` -> `(ids [batch, max_steps], scores [batch])`. With `placeholder_ids`
+    (`(source ids, target ids)` of the placeholder tokens), no row emits a placeholder token its source lacks.
 
     Example:
     >>> ids, scores = greedy_search(model, config, encoder_ids, max_steps=32)  # doctest: +SKIP
     """
-    state = DecoderState(model, config, encoder_inputs, max_steps, use_cache=use_cache)
+    state = DecoderState(model, config, encoder_inputs, max_steps, use_cache=use_cache, placeholder_ids=placeholder_ids)
     return decode_loop(state, lambda logits, step: first_argmax(logits))
 
 

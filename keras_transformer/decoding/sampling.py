@@ -24,7 +24,7 @@ def filter_logits(logits, temperature=1.0, top_k=0, top_p=1.0):
     return logits
 
 
-def sample(model, config, encoder_inputs, max_steps, temperature=1.0, top_k=0, top_p=1.0, seed=0, use_cache=True):
+def sample(model, config, encoder_inputs, max_steps, temperature=1.0, top_k=0, top_p=1.0, seed=0, use_cache=True, placeholder_ids=None):
     """Samples each next token from the filtered distribution; the same `seed` gives the same output."""
     if temperature <= 0:
         raise ValueError(f"temperature must be > 0, got {temperature} (use greedy decoding for temperature 0).")
@@ -32,7 +32,7 @@ def sample(model, config, encoder_inputs, max_steps, temperature=1.0, top_k=0, t
         raise ValueError(f"top_k must be >= 0, got {top_k}.")
     if not 0.0 < top_p <= 1.0:
         raise ValueError(f"top_p must be in (0, 1], got {top_p}.")
-    state = DecoderState(model, config, encoder_inputs, max_steps, use_cache=use_cache)
+    state = DecoderState(model, config, encoder_inputs, max_steps, use_cache=use_cache, placeholder_ids=placeholder_ids)
 
     def choose(logits, step):
         filtered = filter_logits(logits, temperature, top_k, top_p)

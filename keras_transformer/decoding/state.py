@@ -15,12 +15,14 @@ Two ways to get the next-token logits at position i, with identical results:
 import tensorflow as tf
 from keras import ops
 
+from keras_transformer.data.placeholders import allowed_token_mask, mask_logits
+
 
 
 class DecoderState:
     """Encoder output and caches for a batch of sources, and the step functions over them."""
 
-    def __init__(self, model, config, encoder_inputs, max_steps, use_cache=True):
+    def __init__(self, model, config, encoder_inputs, max_steps, use_cache=True, placeholder_ids=None):
         self.model = model  # a TransformerBackbone
         self.config = config
         self.max_steps = max_steps
@@ -28,6 +30,8 @@ class DecoderState:
         self.encoder_output, self.encoder_padding_mask = model.encode(encoder_inputs, training=False)
         self.batch_size = tf.shape(self.encoder_output)[0]
         self.decoder_layers = model.decoder_layers
+        # Placeholder tokens a source does not have may not be emitted (computed once per batch, from the ids).
+        self.allowed = None if placeholder_ids is None else allowed_placeholders(encoder_inputs, placeholder_ids, config.tgt_vocab_size)
         if use_cache:
             self.cross_caches = [layer.cross_attention.compute_key_value(self.encoder_output) for layer in self.decoder_layers]
 
@@ -68,4 +72,17 @@ class DecoderState:
         return tf.gather(logits, index, axis=1), self_caches
 
     def step(self, tokens, index, self_caches):
-        return self.cached_step(tokens, index, self_caches) if self.use_cache else self.full_step(tokens, index, self_caches)
+        logits, caches = self.cached_step(tokens, index, self_caches) if self.use_cache else self.full_step(tokens, index, self_caches)
+        if self.allowed is not None:
+            logits = mask_logits(logits, self.allowed)
+        return logits, caches
+
+
+def allowed_placeholders(encoder_inputs, placeholder_ids, vocab_size):
+    """`[batch, vocab]` boolean: False at the target placeholder tokens whose source token is not in that row of
+    `encoder_inputs`. `placeholder_ids` = `(source ids, target ids)` of ⦅1⦆, ⦅2⦆, ...; a source with n placeholders
+    holds ⦅1⦆ .. ⦅n⦆, so counting the source tokens present gives n."""
+    source_ids = tf.constant(placeholder_ids[0], tf.int32)
+    present = tf.reduce_any(tf.equal(tf.cast(encoder_inputs, tf.int32)[:, :, None], source_ids[None, None, :]), axis=1)
+    counts = tf.reduce_sum(tf.cast(present, tf.int32), axis=1)
+    return allowed_token_mask(list(placeholder_ids[1]), counts, vocab_size)

@@ -40,6 +40,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from keras_transformer.data.placeholders import PLACEHOLDER_TOKENS, protect, restore
 from keras_transformer.data.special_ids import END_ID, PAD_ID, START_ID, UNK_ID
 
 QUANTIZATIONS = ("none", "int8", "int16")
@@ -383,15 +384,27 @@ class CTranslate2Translator:
             raise TypeError("translate expects a string or a list of strings.")
         if not texts:
             return []
-        sources = self._source_pieces(texts)
+        protects = self.source_processor.piece_to_id(PLACEHOLDER_TOKENS[0]) != self.source_processor.unk_id()
+        found = [protect(text) for text in texts] if protects else [(text, []) for text in texts]
+        sources = self._source_pieces([protected for protected, _ in found])
         per_translator = max(1, math.ceil(min(batch_size, len(texts)) / self.inter_threads))
-        results = self.translator.translate_batch(
-            sources, max_batch_size=per_translator, beam_size=beam_size, num_hypotheses=beam_size,
-            length_penalty=0.0,  # rank by log-probability here, by the GNMT penalty below
-            return_scores=beam_size > 1, return_end_token=True, min_decoding_length=0,
-            max_decoding_length=self.max_output_length, max_input_length=0,
-        )
-        outputs = [self.target_processor.decode(self._best(result, alpha)) for result in results]
+        outputs = [None] * len(texts)
+        # As our decoder's mask does: a source with n placeholders never gets the tokens ⦅n+1⦆ ... CTranslate2
+        # suppresses tokens per call, so sources are decoded in groups of equal placeholder count.
+        groups = {}
+        for i, pieces in enumerate(sources):  # the tokens left after cutting to max_length, as the model sees them
+            groups.setdefault(len(set(pieces) & set(PLACEHOLDER_TOKENS)), []).append(i)
+        for count, rows in sorted(groups.items()):
+            suppressed = [[token] for token in PLACEHOLDER_TOKENS[count:]] if protects else None
+            results = self.translator.translate_batch(
+                [sources[i] for i in rows], max_batch_size=per_translator, beam_size=beam_size, num_hypotheses=beam_size,
+                length_penalty=0.0,  # rank by log-probability here, by the GNMT penalty below
+                return_scores=beam_size > 1, return_end_token=True, min_decoding_length=0,
+                max_decoding_length=self.max_output_length, max_input_length=0, suppress_sequences=suppressed or None,
+            )
+            for i, result in zip(rows, results):
+                text = self.target_processor.decode(self._best(result, alpha))
+                outputs[i] = restore(text, found[i][1]) if protects else text
         return outputs[0] if single else outputs
 
     def _source_pieces(self, texts):

@@ -4,8 +4,9 @@ Layout (TF Serving's): `<export_dir>/<model_name>/<version>/` with `saved_model.
 `assets/` (`source.model`, `target.model`, `source.vocab`, `target.vocab`). Two signatures:
 
 - `serving_default`: `inputs` string `[batch]` -> `translations` string `[batch]`, `scores` float32 `[batch]`.
-  Tokenization runs in the graph (tensorflow-text SentencePiece op), then cached greedy decoding, then
-  detokenization. A loader must `import tensorflow_text` first (it registers the op).
+  Format placeholders are protected (tf.strings / tensorflow-text regex ops), tokenization runs in the graph
+  (tensorflow-text SentencePiece op), then cached greedy decoding, detokenization and the placeholders put back.
+  A loader must `import tensorflow_text` first (it registers the ops).
 - `translate_ids`: `encoder_inputs` int32 `[batch, src_len]` (source ids + END, 0-padded) -> `output_ids` int32
   `[batch, max_steps]` (END then 0-padding) and `scores`; tokenization is done by the client with the
   SentencePiece models in `assets/` (`assets/config.json` gives `max_length` and the special ids).
@@ -39,6 +40,7 @@ class TranslatorModule(tf.Module):
         self.model = translator.model.with_dtype("float32")  # exports do not depend on the training precision
         self.config = translator.config
         self.max_steps = translator.max_output_length
+        self.placeholder_ids = translator.preprocessor.placeholder_ids
         self.assets = [tf.saved_model.Asset(str(path)) for path in sorted(Path(asset_dir).iterdir())]
         self.translate_ids = tf.function(
             self._translate_ids, input_signature=[tf.TensorSpec([None, None], tf.int32, name="encoder_inputs")]
@@ -48,16 +50,17 @@ class TranslatorModule(tf.Module):
             self.translate = tf.function(self._translate, input_signature=[tf.TensorSpec([None], tf.string, name="inputs")])
 
     def _translate(self, inputs):
-        encoder_inputs = self.preprocessor.source_ids(inputs).to_tensor(default_value=PAD_ID)
-        output_ids, scores = self._decode(encoder_inputs)
-        return {"translations": self.preprocessor.generate_postprocess(output_ids), "scores": scores}
+        encoder_ids, placeholders = self.preprocessor.source_ids_and_placeholders(inputs)
+        output_ids, scores = self._decode(encoder_ids.to_tensor(default_value=PAD_ID))
+        translations = self.preprocessor.restore_in_graph(self.preprocessor.generate_postprocess(output_ids), placeholders)
+        return {"translations": translations, "scores": scores}
 
     def _translate_ids(self, encoder_inputs):
         output_ids, scores = self._decode(encoder_inputs)
         return {"output_ids": output_ids, "scores": scores}
 
     def _decode(self, encoder_inputs):
-        return greedy_search(self.model, self.config, encoder_inputs, self.max_steps)
+        return greedy_search(self.model, self.config, encoder_inputs, self.max_steps, placeholder_ids=self.placeholder_ids)
 
 
 def export_saved_model(translator, export_dir, model_name="translator", version=None, ids_only=False) -> Path:

@@ -34,8 +34,10 @@ def convert(translator, quantize="none"):
     model = translator.model.with_dtype("float32")  # exports do not depend on the training precision
     config, max_steps = translator.config, translator.max_output_length
 
+    placeholder_ids = translator.preprocessor.placeholder_ids
+
     def translate(encoder_inputs):
-        output_ids, scores = greedy_search(model, config, encoder_inputs, max_steps)
+        output_ids, scores = greedy_search(model, config, encoder_inputs, max_steps, placeholder_ids=placeholder_ids)
         return {"output_ids": output_ids, "scores": scores}
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -78,8 +80,8 @@ def export_tflite(translator, path, quantize="none", check_sentences=None) -> Pa
     if not all(np.all((row >= 0) & (row < translator.config.tgt_vocab_size)) for row in ids):
         raise RuntimeError("The converted TFLite model produced invalid ids: the conversion is broken, nothing was written.")
     if quantize == "none":
-        expected = [translator.translate(p) for p in probes]
-        got = [translator.target_tokenizer.decode(row.tolist()) for row in ids]
+        expected = translator.translate(probes)
+        got = runner.translate(probes)
         if got != expected:
             raise RuntimeError(
                 f"The float32 TFLite model disagrees with the Keras model ({got} vs {expected}): the conversion lost "
@@ -146,8 +148,10 @@ class TFLiteTranslator:
         return (result["output_ids"][0], float(result["scores"][0])) if return_scores else result["output_ids"][0]
 
     def translate(self, texts):
+        """Placeholders protected and put back in Python, decoding (placeholder mask included) in the model."""
         single = isinstance(texts, str)
         texts = [texts] if single else list(texts)
         decode = self.preprocessor.target_tokenizer.decode
-        outputs = [decode(self.translate_ids(ids).tolist()) for ids in self.preprocessor.encode_sources(texts)]
+        encoded, placeholders = self.preprocessor.encode_sources(texts, return_placeholders=True)
+        outputs = self.preprocessor.restore([decode(self.translate_ids(ids).tolist()) for ids in encoded], placeholders)
         return outputs[0] if single else outputs
