@@ -81,8 +81,9 @@ class TransformerSeq2SeqLMPreprocessor(keras_hub.models.Seq2SeqLMPreprocessor):
     # === Placeholders ===
     @property
     def placeholder_ids(self):
-        """`(source ids, target ids)` of the placeholder tokens ⦅1⦆ .. ⦅16⦆, or None when the tokenizers do not
-        hold them (then no protection happens)."""
+        """`(source ids, target ids, raw ids)`: the ids of the placeholder tokens ⦅1⦆ .. ⦅16⦆ in each vocabulary, and
+        the target pieces that are raw placeholders (`%s`, `%1`, `{0}`, ...: a protected source never needs them, so
+        decoding never emits them); None when the tokenizers do not hold the tokens (then no protection happens)."""
         if self.source_tokenizer.proto is None or self.target_tokenizer.proto is None:
             return None  # vocabularies not loaded yet (a model being deserialized): decide once they are
         if getattr(self, "_placeholder_ids", "unknown") == "unknown":
@@ -90,6 +91,7 @@ class TransformerSeq2SeqLMPreprocessor(keras_hub.models.Seq2SeqLMPreprocessor):
                 self._placeholder_ids = (
                     tuple(placeholder_rules.placeholder_token_ids(self.source_tokenizer)),
                     tuple(placeholder_rules.placeholder_token_ids(self.target_tokenizer)),
+                    tuple(placeholder_rules.raw_placeholder_ids(self.target_tokenizer)),
                 )
             except ValueError:
                 self._placeholder_ids = None

@@ -32,7 +32,7 @@ class TransformerSeq2SeqLM(keras_hub.models.Seq2SeqLM):
     refused with a clear error.
 
     Example:
-    >>> lm = TransformerSeq2SeqLM.from_preset("saved_models/ko-en-small/preset")  # doctest: +SKIP
+    >>> lm = TransformerSeq2SeqLM.from_preset("ko-en-small-preset")  # doctest: +SKIP
     >>> lm.generate(["어제 카페 갔었어 거기 사람 많더라"])  # doctest: +SKIP
     >>> lm.fit({"encoder_text": ["설정"], "decoder_text": ["Settings"]}, epochs=1)  # doctest: +SKIP
     >>> lm.save_to_preset("my_preset")  # doctest: +SKIP

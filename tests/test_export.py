@@ -181,12 +181,14 @@ def test_decoding_never_emits_a_placeholder_token_the_source_lacks(translator):
     from keras_transformer.decoding.state import allowed_placeholders
     from keras_transformer.translator import pad_batch
 
-    source_ids, target_ids = translator.preprocessor.placeholder_ids
+    source_ids, target_ids, raw_ids = translator.preprocessor.placeholder_ids
+    assert {translator.target_tokenizer.id_to_piece[i].lstrip("\u2581") for i in raw_ids} >= {"%s", "%d", "%1"}
     encoder_ids = pad_batch(translator.encode_sources(["%1 및 %2", "설정"]), max_length=translator.config.max_length)
-    allowed = allowed_placeholders(encoder_ids, (source_ids, target_ids), translator.config.tgt_vocab_size).numpy()
+    allowed = allowed_placeholders(encoder_ids, (source_ids, target_ids, raw_ids), translator.config.tgt_vocab_size).numpy()
     assert allowed[0, list(target_ids[:2])].all() and not allowed[0, list(target_ids[2:])].any()
-    assert not allowed[1, list(target_ids)].any()
-    assert allowed[:, 4:].sum(axis=1).tolist() == [translator.config.tgt_vocab_size - 4 - 14, translator.config.tgt_vocab_size - 4 - 16]
+    assert not allowed[1, list(target_ids)].any() and not allowed[:, list(raw_ids)].any()
+    vocab = translator.config.tgt_vocab_size
+    assert allowed[:, 4:].sum(axis=1).tolist() == [vocab - 4 - 14 - len(raw_ids), vocab - 4 - 16 - len(raw_ids)]
     ids, _ = translator.translate_ids(encoder_ids, "sample", temperature=50.0, seed=1)  # nearly uniform choice
     for row, count in zip(ids, (2, 0)):
-        assert not set(row.tolist()) & set(target_ids[count:])
+        assert not set(row.tolist()) & (set(target_ids[count:]) | set(raw_ids))

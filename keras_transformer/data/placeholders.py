@@ -58,6 +58,7 @@ __all__ = [
     "mask_logits",
     "placeholder_agreement",
     "placeholder_token_ids",
+    "raw_placeholder_ids",
     "protect",
     "protect_pair",
     "protect_pairs",
@@ -428,6 +429,19 @@ def placeholder_token_ids(tokenizer) -> list[int]:
             f"the tokenizer has no piece for {len(unknown)} placeholder token(s) ({unknown[0]} ...): train it with "
             "user_defined_symbols including keras_transformer.data.placeholders.PLACEHOLDER_TOKENS."
         )
+    return ids
+
+
+def raw_placeholder_ids(tokenizer) -> list[int]:
+    """Ids of the pieces of `tokenizer` that are whole format placeholders (`%s`, `%1`, `{0}`, ... as
+    :func:`find_placeholders` sees them): after protection a source holds none, so a translation needs none."""
+    from keras_transformer.data.special_ids import UNK_ID  # noqa: PLC0415
+
+    ids = []
+    for token_id, piece in enumerate(tokenizer.id_to_piece):
+        text = piece.replace("\u2581", " ").strip()
+        if token_id != UNK_ID and text and find_placeholders(text) == [text]:
+            ids.append(token_id)
     return ids
 
 

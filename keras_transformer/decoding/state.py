@@ -80,9 +80,15 @@ class DecoderState:
 
 def allowed_placeholders(encoder_inputs, placeholder_ids, vocab_size):
     """`[batch, vocab]` boolean: False at the target placeholder tokens whose source token is not in that row of
-    `encoder_inputs`. `placeholder_ids` = `(source ids, target ids)` of ⦅1⦆, ⦅2⦆, ...; a source with n placeholders
-    holds ⦅1⦆ .. ⦅n⦆, so counting the source tokens present gives n."""
+    `encoder_inputs`, and at raw placeholder pieces. `placeholder_ids` = `(source ids, target ids, raw ids)` of
+    ⦅1⦆, ⦅2⦆, ... (see `TransformerSeq2SeqLMPreprocessor.placeholder_ids`); a source with n placeholders holds
+    ⦅1⦆ .. ⦅n⦆, so counting the source tokens present gives n."""
     source_ids = tf.constant(placeholder_ids[0], tf.int32)
     present = tf.reduce_any(tf.equal(tf.cast(encoder_inputs, tf.int32)[:, :, None], source_ids[None, None, :]), axis=1)
     counts = tf.reduce_sum(tf.cast(present, tf.int32), axis=1)
-    return allowed_token_mask(list(placeholder_ids[1]), counts, vocab_size)
+    allowed = allowed_token_mask(list(placeholder_ids[1]), counts, vocab_size)
+    raw = list(placeholder_ids[2]) if len(placeholder_ids) > 2 else []
+    if raw:
+        never = tf.reduce_any(tf.one_hot(raw, vocab_size, on_value=True, off_value=False, dtype=tf.bool), axis=0)
+        allowed = tf.logical_and(allowed, tf.logical_not(never)[None, :])
+    return allowed

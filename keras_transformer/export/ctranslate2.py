@@ -40,7 +40,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from keras_transformer.data.placeholders import PLACEHOLDER_TOKENS, protect, restore
+from keras_transformer.data.placeholders import PLACEHOLDER_TOKENS, find_placeholders, protect, restore
 from keras_transformer.data.special_ids import END_ID, PAD_ID, START_ID, UNK_ID
 
 QUANTIZATIONS = ("none", "int8", "int16")
@@ -394,8 +394,9 @@ class CTranslate2Translator:
         groups = {}
         for i, pieces in enumerate(sources):  # the tokens left after cutting to max_length, as the model sees them
             groups.setdefault(len(set(pieces) & set(PLACEHOLDER_TOKENS)), []).append(i)
+        raw = [[piece] for piece in self._raw_placeholder_pieces()] if protects else []
         for count, rows in sorted(groups.items()):
-            suppressed = [[token] for token in PLACEHOLDER_TOKENS[count:]] if protects else None
+            suppressed = [[token] for token in PLACEHOLDER_TOKENS[count:]] + raw if protects else None
             results = self.translator.translate_batch(
                 [sources[i] for i in rows], max_batch_size=per_translator, beam_size=beam_size, num_hypotheses=beam_size,
                 length_penalty=0.0,  # rank by log-probability here, by the GNMT penalty below
@@ -406,6 +407,17 @@ class CTranslate2Translator:
                 text = self.target_processor.decode(self._best(result, alpha))
                 outputs[i] = restore(text, found[i][1]) if protects else text
         return outputs[0] if single else outputs
+
+    def _raw_placeholder_pieces(self):
+        """Target pieces that are whole format placeholders (as in `placeholders.raw_placeholder_ids`)."""
+        if not hasattr(self, "_raw_pieces"):
+            size = self.target_processor.get_piece_size()
+            pieces = [self.target_processor.id_to_piece(i) for i in range(size)]
+            self._raw_pieces = [
+                piece for piece in pieces
+                if (text := piece.replace("\u2581", " ").strip()) and find_placeholders(text) == [text]
+            ]
+        return self._raw_pieces
 
     def _source_pieces(self, texts):
         limit = self.max_length - 1  # CTranslate2 appends END (add_source_eos)
