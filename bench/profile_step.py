@@ -1,8 +1,8 @@
 """Where the time of one training step goes: tf.profiler trace of a few steps, aggregated by TF op type.
 
-    python bench/profile_step.py [--impl ours|hub] [--precision mixed_bfloat16] [--patches old_all] [--top 30]
+    python bench/profile_step.py [--impl ours|hub] [--precision mixed_bfloat16] [--top 30] [--quick]
 
-Uses the same model builders and batches as bench.py (reference config). Prints self time per op type
+Uses the model builders and batches of the benchmarks (bench/harness.py, reference config). Prints self time per op type
 (and per op name with --by-name), as a share of the profiled device time.
 """
 
@@ -26,25 +26,21 @@ def main(argv=None):
     parser.add_argument("--impl", default="ours")
     parser.add_argument("--precision", default="mixed_bfloat16")
     parser.add_argument("--jit", action="store_true")
-    parser.add_argument("--patches", default="")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--top", type=int, default=30)
     parser.add_argument("--by-name", action="store_true")
     parser.add_argument("--quick", action="store_true")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(HERE))
-    import bench
+    import harness
 
-    spec = dict(
-        model=bench.QUICK if args.quick else bench.REFERENCE, impl=args.impl, precision=args.precision, jit=args.jit,
-        patches=[p for p in args.patches.split(",") if p], seed=0,
-    )
-    tf = bench.setup_tf(spec)
+    spec = dict(model=harness.QUICK if args.quick else harness.REFERENCE, impl=args.impl, precision=args.precision, jit=args.jit, seed=0)
+    tf = harness.setup_tf(spec)
     from tensorflow.python.profiler.internal import _pywrap_profiler_plugin as plugin
 
-    model = bench.build_training_model(spec)
+    model = harness.build_training_model(spec)
     m = spec["model"]
-    batches = bench.random_batches(2, m["batch"], m["length"], m["vocab"], seed=0)
+    batches = harness.random_batches(2, m["batch"], m["length"], m["vocab"], seed=0)
     tensors = [({k: tf.constant(v) for k, v in x.items()}, tf.constant(y)) for x, y in batches]
     for i in range(4):
         model.train_on_batch(*tensors[i % 2])
@@ -75,7 +71,7 @@ def main(argv=None):
         totals[r[ci[key]]] += float(r[ci[self_col]])
         counts[r[ci[key]]] += int(r[ci["occurrences"]])
     total = sum(totals.values())
-    print(f"{args.impl} {args.precision} jit={args.jit} patches={spec['patches']}: {args.steps} steps in {wall:.2f} s "
+    print(f"{args.impl} {args.precision} jit={args.jit}: {args.steps} steps in {wall:.2f} s "
           f"({1000 * wall / args.steps:.0f} ms/step); profiled op self time {total / 1e3 / args.steps:.0f} ms/step")
     print(f"| {key} | ms/step | share | calls/step |\n|---|---|---|---|")
     for name, us in totals.most_common(args.top):

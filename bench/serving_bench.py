@@ -46,7 +46,8 @@ def build_tiny_export(export_dir):
     options = dict(vocab_size=600, byte_fallback=False, character_coverage=1.0, hard_vocab_limit=False)
     source, target = (SubwordTokenizer.train(texts, **options) for texts in (head.sources, head.targets))
     config = TransformerConfig.from_preset("tiny", src_vocab_size=source.vocab_size, tgt_vocab_size=target.vocab_size)
-    translator = Translator(build_transformer(config), config, source, target, max_output_length=16)
+    model = build_transformer(config, dtype="float32")
+    translator = Translator(model, source_tokenizer=source, target_tokenizer=target, max_output_length=16)
     version_dir = export_saved_model(translator, export_dir, model_name="translator")
     return version_dir.parent, list(dev.sources[300:400])
 

@@ -25,7 +25,7 @@ class MaskedAccuracy(keras.metrics.Metric):
     def update_state(self, y_true, y_pred, sample_weight=None):
         y_true = ops.cast(y_true, "int32")
         # tf.argmax directly: keras.ops.argmax first casts the logits to float32 and rewrites -0.0 (four extra passes
-        # over [batch, length, vocab]), 9-13% of a training step here (bench/levers.py). The -0.0 case cannot change
+        # over [batch, length, vocab]), 9-13% of a training step here (bench/levers.py's docstring, bench/levers.json). The -0.0 case cannot change
         # which token is largest unless all logits are zero.
         predicted = tf.argmax(y_pred, axis=-1, output_type=tf.int32)
         mask = ops.cast(ops.not_equal(y_true, self.pad_id), "float32")

@@ -131,8 +131,7 @@ class MultiHeadAttention(keras.layers.Layer):
         # Dropout on the float32 weights, then the cast: float32 random numbers are cheaper to draw than bfloat16 ones
         # (about 8% of a mixed-precision training step at the reference config), and the mask is applied exactly.
         # `keras.random.dropout` with the Dropout layer's seed generator, as `Dropout.call` does: calling the layer
-        # would cast its float32 input to the compute dtype first. Under a float32 policy this is the same op, with
-        # the same seeds, as before.
+        # would cast its float32 input to the compute dtype first.
         dropped = weights
         if training and self.dropout > 0:
             dropped = keras.random.dropout(weights, self.dropout, seed=self.dropout_layer.seed_generator)
