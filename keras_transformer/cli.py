@@ -191,12 +191,10 @@ def _add_decoding_arguments(parser):
 
 def _decoding_from_args(args):
     """`(decoding name or None, options the user gave)`; the registry refuses options the decoding does not take."""
-    from keras_transformer.decoding.decodings import DECODINGS, resolve_decoding
+    from keras_transformer.decoding.decodings import DECODINGS, choose_decoding, resolve_decoding
 
     options = {o: getattr(args, o) for spec in DECODINGS.values() for o in spec.options if getattr(args, o) is not None}
-    decoding = args.decoding or ("beam" if (options.get("beam_size") or 1) > 1 else "greedy")
-    if decoding == "greedy" and options.get("beam_size") == 1:
-        options.pop("beam_size")
+    decoding, options = choose_decoding(args.decoding, options)
     resolve_decoding(decoding, **options)
     return decoding, options
 

@@ -30,6 +30,9 @@ def evaluate(translator, corpus, out_dir=None, batch_size=64, decoding=None, **d
     """Translates `corpus.sources` (with `decoding` and its options, see `Translator.translate`), scores against
     `corpus.targets`; with `out_dir`, writes `hypotheses.txt` (one line per source) and `report.json`, each
     atomically. Returns the report."""
+    from keras_transformer.decoding.decodings import choose_decoding
+
+    decoding, decoding_options = choose_decoding(decoding, decoding_options)
     warn_if_columns_look_swapped(translator, corpus.sources)
     started = time.time()
     hypotheses = translator.translate(corpus.sources, decoding=decoding, batch_size=batch_size, **decoding_options)
@@ -37,7 +40,7 @@ def evaluate(translator, corpus, out_dir=None, batch_size=64, decoding=None, **d
     report = {
         "corpus": str(getattr(corpus, "path", "")),
         "sentences": len(hypotheses),
-        "decoding": {"name": decoding or ("beam" if (decoding_options.get("beam_size") or 1) > 1 else "greedy"), **decoding_options},
+        "decoding": {"name": decoding, **decoding_options},
         **corpus_scores(hypotheses, corpus.targets),
         # Sentences whose translation keeps exactly the source's format placeholders (and, as the ceiling, how
         # often the reference does).

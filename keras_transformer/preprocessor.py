@@ -160,8 +160,7 @@ class TransformerSeq2SeqLMPreprocessor(keras_hub.models.Seq2SeqLMPreprocessor):
         encoder_ids = self.encode_sources([source_text])[0]
         target_ids = []
         if target_text is not None:
-            target_text = self.protect([target_text])[0][0] if self.placeholder_ids is not None else target_text
-            target_ids = self.target_tokenizer.encode(target_text)[: self.max_length - 1]
+            target_ids = self.target_tokenizer.encode(self.protect([target_text])[0][0])[: self.max_length - 1]
         decoder_ids, _ = pack_target(tf.constant(target_ids, tf.int32))
         return encoder_ids, [int(i) for i in decoder_ids.numpy()]
 

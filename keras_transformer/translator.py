@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from keras_transformer.data.special_ids import PAD_ID
-from keras_transformer.decoding.decodings import resolve_decoding, search_function
+from keras_transformer.decoding.decodings import choose_decoding, resolve_decoding, search_function
 
 # Greedy batches of at least this many sentences are split into `decode_shards` parts decoded at the same time.
 MIN_SHARDED_BATCH = 16
@@ -137,10 +137,7 @@ class Translator:
             raise TypeError("translate expects a string or a list of strings.")
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}.")
-        if decoding is None:
-            decoding = "beam" if (options.get("beam_size") or 1) > 1 else "greedy"
-            if decoding == "greedy" and options.get("beam_size") == 1:
-                options.pop("beam_size")
+        decoding, options = choose_decoding(decoding, options)
         resolve_decoding(decoding, **options)  # refuses options the decoding does not take, before any work
         self._require_tokenizers()
         encoded, placeholders = self.preprocessor.encode_sources(texts, return_placeholders=True)

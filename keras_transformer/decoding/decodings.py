@@ -57,6 +57,18 @@ def resolve_decoding(name: str, **options) -> tuple[Decoding, dict]:
     return spec, {**spec.options, **given}
 
 
+def choose_decoding(decoding, options) -> tuple[str, dict]:
+    """The decoding to run when the caller may leave it out: `decoding` itself when given; else beam search when a
+    `beam_size` above 1 is among the options and greedy otherwise (a `beam_size` of 1 then means greedy and is
+    dropped). Returns `(name, options)`; the options are checked by `resolve_decoding`."""
+    options = dict(options)
+    if decoding is None:
+        decoding = "beam" if (options.get("beam_size") or 1) > 1 else "greedy"
+        if decoding == "greedy" and options.get("beam_size") == 1:
+            options.pop("beam_size")
+    return decoding, options
+
+
 def search_function(spec: Decoding):
     """The search function of `spec`: `(model, config, encoder_ids, max_steps, use_cache=..., **options) -> (ids, scores)`."""
     import importlib
