@@ -12,8 +12,10 @@ import tensorflow as tf
 from keras_transformer.data.special_ids import PAD_ID
 from keras_transformer.decoding.decodings import choose_decoding, resolve_decoding, search_function
 
-# Greedy batches of at least this many sentences are split into `decode_shards` parts decoded at the same time.
-MIN_SHARDED_BATCH = 16
+# Greedy and beam batches of at least this many decoder rows (sentences x beam size) are split into `decode_shards`
+# parts decoded at the same time. Sampling is not: its random draws depend on the batch they are drawn for.
+MIN_SHARDED_ROWS = 16
+SHARDABLE_DECODINGS = ("greedy", "beam")
 
 
 class Translator:
@@ -24,11 +26,11 @@ class Translator:
     reused), decoded with the cached XLA-compiled loop (which never emits a placeholder token the source lacks), and
     detokenized back in the original order with the placeholders put back.
 
-    Greedy batches of 16 or more sentences are split into `decode_shards` equal parts, each decoded by the same
-    compiled loop in its own thread, at the same time. A decode step is a chain of small ops that XLA runs one after
+    Greedy and beam-search batches of 16 or more decoder rows (sentences x beam size) are split into `decode_shards`
+    equal parts, each decoded by the same compiled loop in its own thread, at the same time. A decode step is a chain of small ops that XLA runs one after
     another, so one loop keeps about one core busy; two loops side by side use both. On a 2-core CPU this made a
-    batch of 32 about 20% faster per token (bench/bench.py, `decoding`). Rows never interact, so the tokens are the
-    same as from one loop.
+    batch of 32 about 20% faster per token (bench/bench.py, `decoding`). Sources never interact (a beam only competes
+    with the beams of its own source), so the tokens are the same as from one loop.
 
     Args:
         model: a `TransformerSeq2SeqLM` (its preprocessor gives the tokenizers) or a `TransformerBackbone`.
@@ -36,7 +38,7 @@ class Translator:
         source_tokenizer, target_tokenizer: `SubwordTokenizer`s, for a backbone (a task brings its own).
         max_output_length: longest translation in tokens (default: `config.max_length - 1`).
         jit_compile: compile the decode loop with XLA.
-        decode_shards: how many greedy loops to run side by side on a batch of 16 or more; `"auto"` (default): 2
+        decode_shards: how many greedy or beam loops to run side by side on a batch of 16 or more rows; `"auto"` (default): 2
             where this process may use 2 or more CPU cores and there is no GPU, else 1. 1 turns it off.
         decode_precision: `"auto"` (default): decode a mixed-precision model with float32 weights on a CPU, where
             the decode loop measured about 2x faster in float32 than in bfloat16 (its matrices are too small for
@@ -171,7 +173,8 @@ class Translator:
             self._compiled[key].get_concrete_function()  # trace now, in this thread: Keras' global state is per thread
         decode = self._compiled[key]
         encoder_ids = np.asarray(encoder_ids, np.int32)
-        if decoding == "greedy" and self.decode_shards > 1 and len(encoder_ids) >= MIN_SHARDED_BATCH:
+        rows = len(encoder_ids) * options.get("beam_size", 1)
+        if decoding in SHARDABLE_DECODINGS and self.decode_shards > 1 and rows >= MIN_SHARDED_ROWS and len(encoder_ids) >= self.decode_shards:
             return self._decode_in_shards(decode, encoder_ids)
         ids, scores = decode(tf.constant(encoder_ids))
         return ids.numpy(), scores.numpy()

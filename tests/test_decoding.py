@@ -31,24 +31,36 @@ def test_cached_greedy_equals_full_recomputation_on_a_trained_model(translator, 
     assert ((cached != PAD_ID) & (cached != END_ID)).sum() > len(sources)  # real tokens, not only END
 
 
-@pytest.mark.parametrize("batch", [24, 17])
-def test_greedy_in_two_shards_gives_the_tokens_of_one_loop_in_batch_order(tiny_run_dir, sources, batch):
+@pytest.mark.parametrize("decoding, options, batch", [("greedy", {}, 24), ("greedy", {}, 17), ("beam", {"beam_size": 3, "alpha": 0.6}, 9)])
+def test_decoding_in_two_shards_gives_the_tokens_of_one_loop_in_batch_order(tiny_run_dir, sources, decoding, options, batch):
     one = Translator.load(tiny_run_dir, decode_shards=1)
     two = Translator.load(tiny_run_dir, decode_shards=2)
     encoder_ids = pad_batch(one.encode_sources(sources[:batch]), max_length=one.config.max_length)
-    single, single_scores = one.translate_ids(encoder_ids, "greedy")
+    single, single_scores = one.translate_ids(encoder_ids, decoding, **options)
 
-    two.translate_ids(encoder_ids[:1], "greedy")  # builds the compiled loop; then record the batches it is given
+    two.translate_ids(encoder_ids[:1], decoding, **options)  # builds the compiled loop; then record the batches it is given
     (key,) = two._compiled
     loop, seen = two._compiled[key], []
     two._compiled[key] = lambda ids: seen.append(tuple(ids.shape)) or loop(ids)
-    sharded, sharded_scores = two.translate_ids(encoder_ids, "greedy")
+    sharded, sharded_scores = two.translate_ids(encoder_ids, decoding, **options)
 
     width = encoder_ids.shape[1]
     assert sorted(seen) == sorted([((batch + 1) // 2, width), (batch // 2, width)])  # two halves, not one batch
     np.testing.assert_array_equal(sharded, single)
     np.testing.assert_allclose(sharded_scores, single_scores, atol=1e-5)
     assert ((single != PAD_ID) & (single != END_ID)).sum() > batch  # real tokens, not only END
+
+
+def test_sampling_is_not_sharded(tiny_run_dir, sources):
+    """Random draws depend on the batch they are drawn for, so a sampled batch is decoded as one."""
+    two = Translator.load(tiny_run_dir, decode_shards=2)
+    encoder_ids = pad_batch(two.encode_sources(sources[:20]), max_length=two.config.max_length)
+    two.translate_ids(encoder_ids[:1], "sample", top_k=5)
+    (key,) = two._compiled
+    loop, seen = two._compiled[key], []
+    two._compiled[key] = lambda ids: seen.append(tuple(ids.shape)) or loop(ids)
+    two.translate_ids(encoder_ids, "sample", top_k=5)
+    assert seen == [encoder_ids.shape]
 
 
 def test_decode_shards_auto_and_bad_values(monkeypatch):

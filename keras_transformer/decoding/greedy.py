@@ -2,7 +2,7 @@
 
 import tensorflow as tf
 
-from keras_transformer.decoding.loop import decode_loop
+from keras_transformer.decoding.loop import TokenByToken, decode_loop
 from keras_transformer.decoding.state import DecoderState
 
 
@@ -14,7 +14,7 @@ def greedy_search(model, config, encoder_inputs, max_steps, use_cache=True, plac
     >>> ids, scores = greedy_search(model, config, encoder_ids, max_steps=32)  # doctest: +SKIP
     """
     state = DecoderState(model, config, encoder_inputs, max_steps, use_cache=use_cache, placeholder_ids=placeholder_ids)
-    return decode_loop(state, lambda logits, step: first_argmax(logits))
+    return decode_loop(state, TokenByToken(state, lambda logits, step: first_argmax(logits)))
 
 
 def first_argmax(logits):

@@ -1,9 +1,15 @@
-"""The one decode loop that every left-to-right strategy (greedy, sampling) drives.
+"""The one decode loop that every strategy (greedy, sampling, beam search) drives.
 
-The loop keeps a fixed-size token buffer `[batch, max_steps + 1]` (START first, then the generated tokens)
-and writes column i + 1 with `tf.where` at step i, so that the loop compiles with XLA and converts to TFLite
-builtins. Every sequence stops at its own END (later positions are padding); the loop ends when all have.
-A strategy only says how the next token is chosen from the logits: `choose(logits, step) -> ids`.
+The loop owns what all strategies share: a fixed-size token buffer `[rows, max_steps + 1]` (START first, then the
+generated tokens) in which step i writes column i + 1 with `tf.where`, so that the loop compiles with XLA and
+converts to TFLite builtins; the key/value caches; the per-row `finished` flags (a row stops at its own END and
+gets padding after it); and the stop rule (every row finished, or `max_steps` tokens).
+
+A strategy only says how the next token of every row is chosen. It is an object with
+- `initial_carry()`: its own loop state (e.g. running scores), a nest of tensors;
+- `advance(logits, index, finished, carry) -> (next_ids [rows], parents, carry)`: the next token of each row
+  and, for strategies that reorder rows (beam search), `parents [rows]`, the row each new row continues; the loop
+  then reorders tokens, caches and flags with it. Left-to-right strategies return `parents=None` (no reordering).
 """
 
 import tensorflow as tf
@@ -11,37 +17,50 @@ import tensorflow as tf
 from keras_transformer.data.special_ids import END_ID, PAD_ID, START_ID
 
 
-def decode_loop(state, choose, start_id=START_ID, end_id=END_ID, pad_id=PAD_ID):
-    """Runs `state.step` until every sequence has produced END or `state.max_steps` tokens.
+def decode_loop(state, strategy, start_id=START_ID, end_id=END_ID, pad_id=PAD_ID):
+    """Runs `state.step` and `strategy.advance` until every row has produced END or `state.max_steps` tokens.
 
-    Returns `(tokens, scores)`: the generated ids `[batch, max_steps]` (START removed, END kept, padding after
-    it) and the sum of the chosen tokens' log-probabilities `[batch]`.
+    Returns `(tokens, carry)`: the generated ids `[rows, max_steps]` (START removed, END kept, padding after it) and
+    the strategy's final carry.
     """
-    batch, max_steps = state.batch_size, state.max_steps
+    rows, max_steps = state.batch_size, state.max_steps
     columns = tf.range(max_steps + 1)
-    tokens = tf.fill(tf.stack([batch, max_steps + 1]), tf.constant(pad_id, tf.int32))
+    tokens = tf.fill(tf.stack([rows, max_steps + 1]), tf.constant(pad_id, tf.int32))
     tokens = tf.where(tf.equal(columns, 0)[None, :], tf.constant(start_id, tf.int32), tokens)
-    finished = tf.zeros(tf.expand_dims(batch, 0), tf.bool)
-    scores = tf.zeros(tf.expand_dims(batch, 0), tf.float32)
+    finished = tf.zeros(tf.expand_dims(rows, 0), tf.bool)
 
-    def body(index, tokens, finished, scores, caches):
+    def body(index, tokens, finished, carry, caches):
         logits, caches = state.step(tokens, index, caches)
-        logits = tf.cast(logits, tf.float32)
-        next_ids = tf.cast(choose(logits, index), tf.int32)
-        log_probs = tf.nn.log_softmax(logits)
-        chosen = tf.gather(log_probs, next_ids, batch_dims=1)
-        scores += tf.where(finished, 0.0, chosen)
-        next_ids = tf.where(finished, tf.constant(pad_id, tf.int32), next_ids)
-        write = tf.equal(columns, index + 1)[None, :]
-        tokens = tf.where(write, next_ids[:, None], tokens)
+        next_ids, parents, carry = strategy.advance(tf.cast(logits, tf.float32), index, finished, carry)
+        if parents is not None:
+            tokens, finished = tf.gather(tokens, parents), tf.gather(finished, parents)
+            caches = tf.nest.map_structure(lambda cache: tf.gather(cache, parents), caches)
+        next_ids = tf.where(finished, tf.constant(pad_id, tf.int32), tf.cast(next_ids, tf.int32))
+        tokens = tf.where(tf.equal(columns, index + 1)[None, :], next_ids[:, None], tokens)
         finished = tf.logical_or(finished, tf.equal(next_ids, end_id))
-        return index + 1, tokens, finished, scores, caches
+        return index + 1, tokens, finished, carry, caches
 
-    def cond(index, tokens, finished, scores, caches):
+    def cond(index, tokens, finished, carry, caches):
         return tf.logical_and(index < max_steps, tf.logical_not(tf.reduce_all(finished)))
 
     caches = state.initial_self_caches() if state.use_cache else []
-    _, tokens, _, scores, _ = tf.while_loop(
-        cond, body, (tf.constant(0), tokens, finished, scores, caches), maximum_iterations=max_steps
-    )
-    return tokens[:, 1:], scores
+    loop_vars = (tf.constant(0), tokens, finished, strategy.initial_carry(), caches)
+    _, tokens, _, carry, _ = tf.while_loop(cond, body, loop_vars, maximum_iterations=max_steps)
+    return tokens[:, 1:], carry
+
+
+class TokenByToken:
+    """A left-to-right strategy: `choose(logits, step) -> ids` picks each row's next token; the carry is the sum of
+    the chosen tokens' log-probabilities per row (padding after END adds nothing). Greedy and sampling are this."""
+
+    def __init__(self, state, choose):
+        self.rows = state.batch_size
+        self.choose = choose
+
+    def initial_carry(self):
+        return tf.zeros(tf.expand_dims(self.rows, 0), tf.float32)
+
+    def advance(self, logits, index, finished, scores):
+        next_ids = tf.cast(self.choose(logits, index), tf.int32)
+        chosen = tf.gather(tf.nn.log_softmax(logits), next_ids, batch_dims=1)
+        return next_ids, None, scores + tf.where(finished, 0.0, chosen)

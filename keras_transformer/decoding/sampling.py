@@ -2,7 +2,7 @@
 
 import tensorflow as tf
 
-from keras_transformer.decoding.loop import decode_loop
+from keras_transformer.decoding.loop import TokenByToken, decode_loop
 from keras_transformer.decoding.state import DecoderState
 
 
@@ -38,4 +38,4 @@ def sample(model, config, encoder_inputs, max_steps, temperature=1.0, top_k=0, t
         filtered = filter_logits(logits, temperature, top_k, top_p)
         return tf.random.stateless_categorical(filtered, 1, seed=tf.stack([seed, step]), dtype=tf.int32)[:, 0]
 
-    return decode_loop(state, choose)
+    return decode_loop(state, TokenByToken(state, choose))
