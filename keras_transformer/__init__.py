@@ -10,6 +10,8 @@ use `keras_transformer.load_model(path)`: it registers this package's classes be
 
 import importlib
 
+from keras_transformer.lazy_imports import lazy_attributes
+
 __version__ = "0.1.0"
 
 _EXPORTS = {
@@ -45,13 +47,4 @@ def load_model(path, compile=False):
     return keras.models.load_model(path, compile=compile)
 
 
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    if name in _SUBMODULES:
-        return importlib.import_module(f"keras_transformer.{name}")
-    raise AttributeError(f"module 'keras_transformer' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS) | _SUBMODULES)
+__getattr__, __dir__ = lazy_attributes(__name__, globals(), _EXPORTS, _SUBMODULES)

@@ -9,7 +9,7 @@ Names are imported on first use, like the top-level package: reading a corpus or
 import TensorFlow.
 """
 
-import importlib
+from keras_transformer.lazy_imports import lazy_attributes
 
 _EXPORTS = {
     "BUNDLED_DIRECTIONS": "keras_transformer.data.corpus",
@@ -38,13 +38,4 @@ _SUBMODULES = {"corpus", "pipeline", "special_ids", "tokenizer"}
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    if name in _SUBMODULES:
-        return importlib.import_module(f"keras_transformer.data.{name}")
-    raise AttributeError(f"module 'keras_transformer.data' has no attribute {name!r}")
-
-
-def __dir__():
-    return sorted(set(globals()) | set(_EXPORTS) | _SUBMODULES)
+__getattr__, __dir__ = lazy_attributes(__name__, globals(), _EXPORTS, _SUBMODULES)

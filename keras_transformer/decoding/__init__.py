@@ -4,7 +4,7 @@
 Names are imported on first use, so the command line reads the registry without importing TensorFlow.
 """
 
-import importlib
+from keras_transformer.lazy_imports import lazy_attributes
 
 _EXPORTS = {
     "beam_search": "keras_transformer.decoding.beam_search",
@@ -18,7 +18,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'keras_transformer.decoding' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_attributes(__name__, globals(), _EXPORTS)

@@ -2,7 +2,7 @@
 CPU engine (`ctranslate2.py`), and TF Serving's directory layout (`layout.py`). Names are imported on first use
 (`layout` needs no TensorFlow)."""
 
-import importlib
+from keras_transformer.lazy_imports import lazy_attributes
 
 _EXPORTS = {
     "export_saved_model": "keras_transformer.export.saved_model",
@@ -16,7 +16,4 @@ _EXPORTS = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name):
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'keras_transformer.export' has no attribute {name!r}")
+__getattr__, __dir__ = lazy_attributes(__name__, globals(), _EXPORTS)
