@@ -145,6 +145,11 @@ class TrainingConfig:
     Args:
         preset: model preset (`tiny`, `small`, `base`, `big`); `model_overrides` changes single fields.
         source_vocab_size, target_vocab_size: SentencePiece vocabulary sizes learned from the training text.
+        shared_vocabulary: learn one vocabulary from the source and target text together (of `source_vocab_size`
+            pieces, which must equal `target_vocab_size`) and share one matrix between the source embedding, the
+            target embedding and the output projection (the paper's section 3.4; the model's `share_embeddings`).
+            Text that both sides have in common (code, names, placeholders, English words in Korean strings)
+            then gets one embedding, and the model has fewer parameters to learn.
         max_length: longest tokenized sentence kept (longer pairs are filtered out and counted), START/END
             included. It is also the model's max_length (the length of its positional-encoding table): it replaces
             the preset's, and a `max_length` in `model_overrides` is refused, so the two can never disagree.
@@ -180,6 +185,7 @@ class TrainingConfig:
     model_overrides: dict = dataclasses.field(default_factory=dict)
     source_vocab_size: int = _setting(8000, "source SentencePiece vocabulary size (smaller when the data cannot fill it)")
     target_vocab_size: int = _setting(8000, "target SentencePiece vocabulary size (smaller when the data cannot fill it)")
+    shared_vocabulary: bool = _setting(False, "learn one vocabulary from source and target text (size --source-vocab-size, which must equal --target-vocab-size) and share the embeddings and the output projection")
     max_length: int = _setting(64, "longest tokenized sentence, START/END included; also the model's max_length")
     tokens_per_batch: int = _setting(4096, "batch size in tokens (the global batch under tf.distribute)")
     warmup_steps: int = _setting(1000, "learning-rate warmup steps")
@@ -214,6 +220,16 @@ class TrainingConfig:
             raise ValueError(f"dev_bleu_sentences must be >= 0, got {self.dev_bleu_sentences}.")
         if self.train_limit is not None and self.train_limit <= 0:
             raise ValueError(f"train_limit must be positive or None, got {self.train_limit}.")
+        if self.shared_vocabulary and self.source_vocab_size != self.target_vocab_size:
+            raise ValueError(
+                f"shared_vocabulary needs one vocabulary size, but source_vocab_size={self.source_vocab_size} != "
+                f"target_vocab_size={self.target_vocab_size}: set both to the same value."
+            )
+        if "share_embeddings" in self.model_overrides:
+            raise ValueError(
+                "share_embeddings follows the training setting shared_vocabulary (--shared-vocabulary), which also "
+                "learns the one vocabulary it needs: set that instead of the model override."
+            )
         if "max_length" in self.model_overrides:
             raise ValueError(
                 "max_length is one setting for the data and the model: set it as the training setting max_length "
@@ -222,9 +238,9 @@ class TrainingConfig:
         self.model_config(1, 1)  # validates preset and overrides early
 
     def model_config(self, src_vocab_size, tgt_vocab_size) -> TransformerConfig:
-        """The model's config: the preset, the overrides, the vocabulary sizes and this run's max_length (which
-        replaces the preset's)."""
-        values = {**self.model_overrides, "max_length": self.max_length}
+        """The model's config: the preset, the overrides, the vocabulary sizes, this run's max_length (which
+        replaces the preset's) and share_embeddings (= shared_vocabulary)."""
+        values = {**self.model_overrides, "max_length": self.max_length, "share_embeddings": self.shared_vocabulary}
         return TransformerConfig.from_preset(self.preset, src_vocab_size=src_vocab_size, tgt_vocab_size=tgt_vocab_size, **values)
 
     @classmethod

@@ -75,7 +75,6 @@ def _train(settings, run, train_corpus, dev_corpus, verbose, extra_callbacks, st
     import tensorflow as tf
 
     from keras_transformer.data.pipeline import make_dataset
-    from keras_transformer.data.tokenizer import SubwordTokenizer
     from keras_transformer.distribute import prepare_for_fit
     from keras_transformer.translator import Translator
 
@@ -84,20 +83,7 @@ def _train(settings, run, train_corpus, dev_corpus, verbose, extra_callbacks, st
         train_corpus = train_corpus.head(settings.train_limit)
     train_corpus = protect_placeholders(train_corpus)
 
-    # Tokenizers: learned once, then reused on restart.
-    tokenizers = {}
-    for side, texts, size in (
-        ("source", train_corpus.sources, settings.source_vocab_size),
-        ("target", train_corpus.targets, settings.target_vocab_size),
-    ):
-        path = run.tokenizer_path(side)
-        if path.exists():
-            tokenizers[side] = SubwordTokenizer.load(path)
-        else:
-            started = time.time()
-            tokenizers[side] = SubwordTokenizer.train(texts, vocab_size=size, seed=settings.seed)
-            run.save_tokenizer(tokenizers[side], side)
-            print(f"Learned the {side} vocabulary ({tokenizers[side].vocab_size} pieces) in {time.time() - started:.1f} s.")
+    tokenizers = _tokenizers(settings, run, train_corpus)
 
     precision = resolve_precision(settings.precision)
     config = settings.model_config(tokenizers["source"].vocab_size, tokenizers["target"].vocab_size)
@@ -181,6 +167,29 @@ def _train(settings, run, train_corpus, dev_corpus, verbose, extra_callbacks, st
     return report
 
 
+def _tokenizers(settings, run, train_corpus):
+    """`{"source": ..., "target": ...}` SubwordTokenizers: learned from the training text on the first start, loaded
+    from the run directory on a restart. With `shared_vocabulary`, one tokenizer learned from both sides serves as
+    both (the run directory still holds one file per side, so every loader reads it the same way)."""
+    from keras_transformer.data.tokenizer import SubwordTokenizer
+
+    if all(run.tokenizer_path(side).exists() for side in ("source", "target")):
+        return {side: SubwordTokenizer.load(run.tokenizer_path(side)) for side in ("source", "target")}
+    if settings.shared_vocabulary:
+        learned = [(("source", "target"), list(train_corpus.sources) + list(train_corpus.targets), settings.source_vocab_size)]
+    else:
+        learned = [(("source",), train_corpus.sources, settings.source_vocab_size), (("target",), train_corpus.targets, settings.target_vocab_size)]
+    tokenizers = {}
+    for sides, texts, size in learned:
+        started = time.time()
+        tokenizer = SubwordTokenizer.train(texts, vocab_size=size, seed=settings.seed)
+        print(f"Learned the {' and '.join(sides)} vocabulary ({tokenizer.vocab_size} pieces) in {time.time() - started:.1f} s.")
+        tokenizers.update({side: tokenizer for side in sides})
+    for side in ("source", "target"):
+        run.save_tokenizer(tokenizers[side], side)
+    return tokenizers
+
+
 def protect_placeholders(corpus):
     """The training pairs with their format placeholders replaced by ⦅1⦆, ⦅2⦆, ... (`placeholders.protect_pair`: a
     target placeholder takes the token of the same source placeholder, so reordered placeholders are learnt). The
@@ -200,6 +209,9 @@ def _write_or_check_run_config(run, config, settings, precision):
     wanted = {"model": config.to_dict(), "training": settings.to_dict(), "precision": precision}
     if run.exists():
         found = run.read_config()
+        # A setting added after the run was made counts as its default (what that run trained with).
+        for key, value in type(settings)().to_dict().items():
+            found.setdefault("training", {}).setdefault(key, value)
         for values in (found.get("training", {}), wanted["training"]):
             for key in BUDGET_SETTINGS:
                 values.pop(key, None)

@@ -222,3 +222,63 @@ def test_fit_learns_to_reverse_sequences():
     predicted = np.argmax(model.predict(x_val, batch_size=256, verbose=0), -1)
     real = y_val != PAD
     np.testing.assert_allclose((predicted == y_val)[real].mean(), after["masked_accuracy"], atol=1e-3)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# A shared vocabulary with tied embeddings (paper, section 3.4), from the training settings.
+# --------------------------------------------------------------------------------------------------------------
+
+
+def test_shared_vocabulary_settings_are_checked():
+    from keras_transformer.config import TrainingConfig
+
+    with pytest.raises(ValueError, match="shared_vocabulary needs one vocabulary size"):
+        TrainingConfig(shared_vocabulary=True, source_vocab_size=8000, target_vocab_size=4000)
+    with pytest.raises(ValueError, match="--shared-vocabulary"):
+        TrainingConfig(model_overrides={"share_embeddings": True})
+    assert TrainingConfig(shared_vocabulary=True).model_config(100, 100).share_embeddings
+    assert not TrainingConfig().model_config(100, 90).share_embeddings
+
+
+def test_shared_vocabulary_learns_one_vocabulary_and_ties_the_embeddings(tmp_path):
+    """One tokenizer from both sides serves both; the model has one embedding matrix, also used as the output
+    projection; it trains, saves, loads in a fresh translator and resumes; switching the setting is refused."""
+    from keras_transformer.data import load_bundled_corpus
+    from keras_transformer.run_directory import RunDirectoryError
+    from keras_transformer.training import TrainingConfig, train
+    from keras_transformer.translator import Translator
+
+    settings = dict(
+        preset="tiny", train_limit=1500, source_vocab_size=1200, target_vocab_size=1200, steps_per_epoch=20, epochs=1,
+        warmup_steps=20, lr_scale=0.3, tokens_per_batch=1024, dev_bleu_sentences=0, time_limit_minutes=None,
+        max_length=32, precision="float32",
+    )
+    train_corpus, dev_corpus = load_bundled_corpus("train"), load_bundled_corpus("dev")
+    run_dir = tmp_path / "shared"
+    train(TrainingConfig(shared_vocabulary=True, **settings), run_dir, train_corpus, dev_corpus, verbose=0)
+    assert (run_dir / "source.model").read_bytes() == (run_dir / "target.model").read_bytes()
+
+    translator = Translator.load(run_dir)
+    backbone = translator.model
+    assert backbone.config.share_embeddings and backbone.output_projection is None
+    assert backbone.source_embedding is backbone.target_embedding
+    # Korean and English pieces live in the one vocabulary.
+    pieces = translator.source_tokenizer.tokenize(["설정 Settings"]).numpy()[0]
+    assert translator.target_tokenizer.detokenize([pieces]).numpy()[0].decode() == "설정 Settings"
+    separate_dir = tmp_path / "separate"
+    train(TrainingConfig(**{**settings, "steps_per_epoch": 1}), separate_dir, train_corpus, dev_corpus, verbose=0)
+    separate = Translator.load(separate_dir).model
+    embedding_size = 1200 * 32
+    assert separate.count_params() - backbone.count_params() >= 2 * embedding_size  # one matrix instead of three
+    assert all(isinstance(text, str) for text in translator.translate(["설정", "파일을 열 수 없습니다"]))
+
+    train(TrainingConfig(shared_vocabulary=True, **{**settings, "epochs": 2}), run_dir, train_corpus, dev_corpus, verbose=0)
+    assert json_history_steps(run_dir) == [20, 40]
+    with pytest.raises(RunDirectoryError, match="training.shared_vocabulary"):
+        train(TrainingConfig(**{**settings, "epochs": 3}), run_dir, train_corpus, dev_corpus, verbose=0)
+
+
+def json_history_steps(run_dir):
+    import json
+
+    return [entry["step"] for entry in json.loads((run_dir / "history.json").read_text())]
