@@ -14,6 +14,9 @@ from pathlib import Path
 LECTURE_SENTENCE = "어제 카페 갔었어 거기 사람 많더라"
 DEFAULT_RUNS_DIR = "saved_models"
 DEFAULT_RUN_NAME = "ko-en-small"
+# How `train` decodes its test-set evaluation and sample translations unless told otherwise: beam search, which
+# beat greedy decoding on the bundled dev and test splits (README, Results).
+MAIN_JOB_DECODING = ("beam", {"beam_size": 4, "alpha": 0.6})
 
 
 def main(argv=None):
@@ -61,6 +64,7 @@ def build_parser():
     train.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="override a model field, e.g. --set num_layers=4 (repeatable)")
     _add_training_settings(train)
     train.add_argument("--no-evaluate", action="store_true", help="skip the test-set evaluation and sample translations")
+    _add_decoding_arguments(train, "of the test-set evaluation and the sample translations", MAIN_JOB_DECODING, names=("greedy", "beam"))
     train.add_argument(
         "--strategy", choices=["default", "mirrored", "multi_worker", "tpu"], default="default",
         help="tf.distribute strategy: default (one device), mirrored (all local GPUs), multi_worker (machines "
@@ -172,16 +176,25 @@ def _add_training_settings(parser):
             group.add_argument(flag, dest=field.name, type=kind, choices=meta["choices"], default=None, help=text)
 
 
-def _add_decoding_arguments(parser):
-    """--decoding and the options of every decoding, from the registry (keras_transformer.decoding.decodings)."""
+def _add_decoding_arguments(parser, purpose="", default=None, names=None):
+    """--decoding and the options of the decodings `names` (default: all), from the registry
+    (keras_transformer.decoding.decodings). `default`: `(name, options)` used when none of these flags is given
+    (else greedy, or beam when --beam-size > 1)."""
     from keras_transformer.decoding.decodings import DECODINGS
 
-    group = parser.add_argument_group("decoding")
+    decodings = {name: spec for name, spec in DECODINGS.items() if names is None or name in names}
+
+    group = parser.add_argument_group("decoding " + purpose if purpose else "decoding")
+    if default is None:
+        default_text = "default greedy, or beam when --beam-size > 1"
+    else:
+        default_text = f"default {default[0]} with " + ", ".join(f"{k} {v}" for k, v in default[1].items())
     group.add_argument(
-        "--decoding", choices=list(DECODINGS), default=None,
-        help="; ".join(f"{d.name}: {d.description}" for d in DECODINGS.values()) + " (default greedy, or beam when --beam-size > 1)",
+        "--decoding", choices=list(decodings), default=None,
+        help="; ".join(f"{d.name}: {d.description}" for d in decodings.values()) + f" ({default_text})",
     )
-    for spec in DECODINGS.values():
+    parser.set_defaults(default_decoding=default)
+    for spec in decodings.values():
         for option, default in spec.options.items():
             group.add_argument(
                 f"--{option.replace('_', '-')}", type=type(default), default=None,
@@ -190,11 +203,18 @@ def _add_decoding_arguments(parser):
 
 
 def _decoding_from_args(args):
-    """`(decoding name or None, options the user gave)`; the registry refuses options the decoding does not take."""
+    """`(decoding name, its options)` from the flags given; the registry refuses options the decoding does not take."""
     from keras_transformer.decoding.decodings import DECODINGS, choose_decoding, resolve_decoding
 
-    options = {o: getattr(args, o) for spec in DECODINGS.values() for o in spec.options if getattr(args, o) is not None}
-    decoding, options = choose_decoding(args.decoding, options)
+    options = {o: getattr(args, o) for spec in DECODINGS.values() for o in spec.options if getattr(args, o, None) is not None}
+    if args.decoding is None and getattr(args, "default_decoding", None) is not None:
+        # The command's own default, with the options given replacing its own; --beam-size 1 alone means greedy.
+        decoding, defaults = args.default_decoding
+        if options.get("beam_size") == 1 and set(options) == {"beam_size"}:
+            return "greedy", {}
+        options = {**defaults, **options}
+    else:
+        decoding, options = choose_decoding(args.decoding, options)
     resolve_decoding(decoding, **options)
     return decoding, options
 
@@ -275,6 +295,7 @@ def settings_from_args(args):
 def cmd_train(args):
     # Settings and data are checked before TensorFlow is imported and before anything is written.
     settings = settings_from_args(args)
+    decoding, options = _decoding_from_args(args)
     run_dir = Path(args.runs_dir) / (args.run_name or DEFAULT_RUN_NAME)
     train_corpus = _load_corpus(args.train, "train", args)
     dev_corpus = _load_corpus(args.dev, "dev", args)
@@ -306,15 +327,16 @@ def cmd_train(args):
     # chose the best epoch); else the bundled test split.
     split = "dev" if args.dev and not args.test else "test"
     test_corpus = dev_corpus if split == "dev" else _load_corpus(args.test, "test", args)
-    result = evaluate(translator, test_corpus, run.eval_dir(split))
+    result = evaluate(translator, test_corpus, run.eval_dir(split), decoding=decoding, **options)
     placeholders = result["placeholders"]
     kept = f"; placeholders kept in {placeholders['hypothesis_percent']}% of {placeholders['with_placeholders']} sentences with any" if placeholders["with_placeholders"] else ""
+    how = decoding + "".join(f", {k} {v}" for k, v in options.items())
     print(f"{split.capitalize()} BLEU {result['bleu']} (case-insensitive {result['bleu_case_insensitive']}), chrF {result['chrf']} "
-          f"on {result['sentences']} sentences{kept}; details in {run.eval_dir(split)}")
+          f"on {result['sentences']} sentences ({how}){kept}; details in {run.eval_dir(split)}")
     # Sample translations from the user's own data when given; the lecture's sentence only for the bundled ko-en.
     own = args.test or args.dev or args.train
     samples = test_corpus.sources[:5] if own or args.direction != "ko-en" else [LECTURE_SENTENCE] + test_corpus.sources[:4]
-    for source, output in zip(samples, translator.translate(samples)):
+    for source, output in zip(samples, translator.translate(samples, decoding=decoding, **options)):
         print(f"  {source}\n    -> {output}")
     return 0
 

@@ -34,6 +34,22 @@ def test_every_training_setting_is_a_flag_with_its_default_in_the_help():
     assert (settings.time_limit_minutes, settings.jit_compile, settings.preset, settings.epochs) == (3.0, True, "tiny", 100)
 
 
+def test_the_main_job_decodes_with_its_default_unless_told_otherwise():
+    parser = cli.build_parser()
+
+    def decoding(*flags):
+        return cli._decoding_from_args(parser.parse_args(["train", *flags]))
+
+    assert decoding() == cli.MAIN_JOB_DECODING
+    assert decoding("--decoding", "greedy") == ("greedy", {})
+    assert decoding("--beam-size", "1") == ("greedy", {})
+    assert decoding("--alpha", "0.2") == ("beam", {**cli.MAIN_JOB_DECODING[1], "alpha": 0.2})
+    with pytest.raises(ValueError, match="greedy decoding does not take alpha"):
+        decoding("--decoding", "greedy", "--alpha", "0.2")
+    # translate and evaluate keep greedy as their default.
+    assert cli._decoding_from_args(parser.parse_args(["evaluate", "--model", "m"])) == ("greedy", {})
+
+
 def test_max_length_is_one_setting():
     with pytest.raises(ValueError, match="max_length is one setting"):
         TrainingConfig(model_overrides={"max_length": 32})
