@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Benchmark of keras-transformer against keras-hub, measured in ONE run on the same machine.
 
-    python bench/bench.py [--quick] [--exports --run-dir saved_models/ko-en-small] [--out bench/results.json]
+    python bench/bench.py [--quick] [--exports] [--engines] [--run-dir saved_models/ko-en-small] [--out bench/results.json]
 
 The machine is shared (other people's tests run on the same 2 cores), so absolute figures drift from minute to
 minute. Every comparison is therefore made inside one run and the timed repeats of the compared configurations are
@@ -27,10 +27,15 @@ Sections (all in the JSON written to --out; a markdown table goes to stdout):
    real target tokens/s and padding share.
 5. `exports` (only with --exports, which needs --run-dir): decode speed, file sizes and test BLEU of the run
    directory's model as Keras / SavedModel / TFLite.
+6. `engines` (only with --engines, which needs --run-dir): sentences/s of the run directory's model on the same
+   test sentences, greedy and beam 4, at batch 1 (one sentence per call) and batch 32, for our XLA decode loop
+   (float32 weights, and mixed_bfloat16) and for CTranslate2 exports of it (float32, int8); each engine in its
+   own worker (peak RSS per engine), the ratio of each row to CTranslate2 float32 at the same decoding and batch,
+   and whether its outputs equal ours in float32 (CTranslate2 float32 greedy must).
 
 `--quick` shrinks every size so that the whole run takes well under a minute (for tests; the numbers then mean
-nothing; its `exports` section uses an untrained tiny model unless --run-dir is given). `--sections` picks
-sections (comma separated).
+nothing; its `exports` and `engines` sections use an untrained tiny model unless --run-dir is given).
+`--sections` picks sections (comma separated).
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
 import time
@@ -170,13 +176,115 @@ def section_exports(args, earlier):
     return harness.run_worker_once(exports_worker, spec, args.in_process)["exports"]
 
 
+# The engines, in the order of the table: (engine, precision label, worker spec). CTranslate2 float32 is the
+# reference of the ratios, ours float32 the reference of the output comparison.
+OURS, CT2 = "ours (XLA loop)", "CTranslate2"
+ENGINES = [
+    (OURS, "float32", dict(engine="ours", decode_precision="float32")),
+    # decode_precision="model" for a run trained in mixed_bfloat16 (the default); named, so that the row is bf16
+    # whatever precision the run was trained in.
+    (OURS, "mixed_bfloat16", dict(engine="ours", decode_precision="mixed_bfloat16")),
+    (CT2, "float32", dict(engine="ct2", quantize="none")),
+    (CT2, "int8", dict(engine="ct2", quantize="int8")),
+]
+ENGINE_DECODINGS = {"greedy": 1, "beam 4": 4}  # decoding label -> beam size
+ENGINES_NOTE = (
+    "ours: Translator.translate (sorted by length, batches padded to multiples of 8, decode_shards auto); "
+    "CTranslate2: CTranslate2Translator.translate with its default threads (one translator per core, one thread "
+    "each); beam 4 ranks with the GNMT length penalty, alpha 0.6, on both."
+)
+
+
+def engine_label(engine, precision, decoding, batch):
+    return f"{engine}, {precision}, {decoding}, batch {batch}"
+
+
+def section_engines(args, earlier):
+    n_batch = 8 if args.quick else args.engine_sentences
+    n_single = 4 if args.quick else min(args.engine_batch1_sentences, n_batch)
+    workloads = [
+        dict(key=f"{decoding} | {batch}", decoding=decoding, beam_size=beam, batch=batch, sentences=n_single if batch == 1 else n_batch)
+        for decoding, beam in ENGINE_DECODINGS.items()
+        for batch in (1, 32)
+    ]
+    tmp = Path(tempfile.mkdtemp(prefix="bench-engines-"))
+    try:
+        prepared = harness.run_worker_once(
+            engines_prepare_worker,
+            dict(name="engines: prepare", run_dir=args.run_dir, out_dir=str(tmp), quantizations=["none", "int8"], threads=args.threads),
+            args.in_process,
+        )
+        specs = []
+        for engine, precision, options in ENGINES:
+            if options["engine"] == "ct2":
+                if not prepared["ct2_exports"]:
+                    continue  # ctranslate2 is not installed (the note says so)
+                path = prepared["ct2_exports"][options["quantize"]]
+            else:
+                path = prepared["run_dir"]
+            specs.append({
+                **options, "name": f"{engine}, {precision}", "label": (engine, precision), "path": path,
+                "workloads": workloads, "threads": args.threads,
+            })  # fmt: skip
+        raw = harness.interleaved(specs, engine_worker, 1 if args.quick else args.repeats, args.in_process)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {
+        "model": prepared["model"],
+        "model_precision": prepared["model_precision"],
+        "sentences": {"batch1": n_single, "batch32": n_batch},
+        "ct2_export_size_mb": prepared["ct2_sizes_mb"],
+        "engine_settings": {name: {k: v for k, v in r["ready"].items() if k != "outputs"} for name, r in raw.items()},
+        "results": summarize_engines(raw, specs),
+        "note": ENGINES_NOTE + ("" if prepared["ct2_exports"] else f" No CTranslate2 rows: {prepared['ct2_missing']}"),
+    }
+
+
+def summarize_engines(raw, specs):
+    """One row per engine and workload: median sentences/s, the worker's peak RSS, the ratio to CTranslate2
+    float32 at the same workload, and whether the outputs equal ours in float32 on the same sentences."""
+    reference = raw[f"{OURS}, float32"]["ready"]["outputs"]
+    rows = {}
+    for spec in specs:
+        r, (engine, precision) = raw[spec["name"]], spec["label"]
+        for workload in spec["workloads"]:
+            key = workload["key"]
+            rates = [workload["sentences"] / repeat[key] for repeat in r["repeats"]]
+            row = {
+                "engine": engine,
+                "precision": precision,
+                "decoding": workload["decoding"],
+                "batch": workload["batch"],
+                "sentences": workload["sentences"],
+                "sentences_per_s": round(median(rates), 2),
+                "sentences_per_s_repeats": [round(x, 2) for x in rates],
+                "peak_rss_mb": r["final"]["peak_rss_mb"],
+                "setup_seconds": r["ready"]["setup_seconds"],
+                # one output for every sentence would make the comparison below prove little
+                "distinct_outputs": len(set(r["ready"]["outputs"][key])),
+            }
+            if (engine, precision) != (OURS, "float32"):
+                outputs, expected = r["ready"]["outputs"][key], reference[key]
+                row["same_output_as_ours_float32"] = outputs == expected
+                row["identical_share_vs_ours_float32"] = round(sum(a == b for a, b in zip(outputs, expected)) / len(expected), 3)
+            rows[engine_label(engine, precision, workload["decoding"], workload["batch"])] = row
+    for row in rows.values():
+        baseline = rows.get(engine_label(CT2, "float32", row["decoding"], row["batch"]))
+        if baseline is not None and row is not baseline:
+            row["ratio_vs_ct2_float32"] = round(row["sentences_per_s"] / baseline["sentences_per_s"], 2)
+    return rows
+
+
 SECTIONS = {
     "machine": section_machine,
     "training": section_training,
     "decoding": section_decoding,
     "end_to_end": section_end_to_end,
     "exports": section_exports,
+    "engines": section_engines,
 }
+# Sections that need --run-dir, each run only when its flag (--exports, --engines) is given or --sections names it.
+RUN_DIR_SECTIONS = ("exports", "engines")
 
 
 def markdown(results):
@@ -260,19 +368,41 @@ def markdown(results):
                 f"| {name} | {size} | {row['ms_per_sentence_batch1']:.1f} | "
                 f"{'-' if b32 is None else f'{b32:.1f}'} | {'-' if bleu is None else f'{bleu:.2f}'} |"
             )
-        out.append(f"\nBLEU on {x['bleu_sentences']} test sentences; {x.get('note', '')}")
+        out += [f"\nBLEU on {x['bleu_sentences']} test sentences; {x.get('note', '')}", ""]
+    g = results.get("engines")
+    if g:
+        n = g["sentences"]
+        out += [
+            f"### Engines on the same test sentences, {g['model']} (sentences/s, median of repeats)",
+            "",
+            f"Batch 1: the first {n['batch1']} test sentences, one per call; batch 32: the first {n['batch32']}. "
+            "Peak RSS is the engine's worker (all its rows)"
+            + (", here the whole process (configurations run in one process)." if results.get("meta", {}).get("in_process") else "."),
+            "",
+            "| engine, precision, decoding, batch | sentences/s | vs CTranslate2 float32 | same output as ours float32 | peak RSS MB |",
+            "|---|---|---|---|---|",
+        ]
+        for name, row in g["results"].items():
+            ratio, same = row.get("ratio_vs_ct2_float32"), row.get("identical_share_vs_ours_float32")
+            out.append(
+                f"| {name} | {row['sentences_per_s']:,.1f} | {'-' if ratio is None else f'{ratio:.2f}x'} | "
+                f"{'-' if same is None else f'{same:.0%}'} | {row['peak_rss_mb']:,.0f} |"
+            )
+        out += [f"\n{g['note']}", ""]
     return "\n".join(out)
 
 
 def check_run_dir(parser, args, names):
-    """`--run-dir` must name a trained model when the exports section runs (--quick may use an untrained one)."""
-    if "exports" not in names:
+    """`--run-dir` must name a trained model when the exports or engines section runs (--quick may use an untrained
+    one)."""
+    needing = [name for name in names if name in RUN_DIR_SECTIONS]
+    if not needing:
         return
     if args.run_dir is None:
         if not args.quick:
             parser.error(
-                "--exports needs --run-dir DIR: the run directory of a trained model (`keras-transformer train` writes "
-                "one, e.g. saved_models/ko-en-small), a .keras file or a preset directory."
+                f"--{needing[0]} needs --run-dir DIR: the run directory of a trained model (`keras-transformer train` "
+                "writes one, e.g. saved_models/ko-en-small), a .keras file or a preset directory."
             )
         return
     path = Path(args.run_dir)
@@ -287,8 +417,12 @@ def main(argv=None):
     parser.add_argument("--quick", action="store_true", help="tiny sizes, for tests (numbers mean nothing)")
     parser.add_argument("--exports", action="store_true", help="also run the export section (minutes; needs --run-dir)")
     parser.add_argument(
+        "--engines", action="store_true", help="also run the engines section: ours vs CTranslate2 (minutes; needs --run-dir)"
+    )
+    parser.add_argument(
         "--run-dir", default=None,
-        help="the trained model of the exports section: a run directory of `keras-transformer train`, a .keras file or a preset",
+        help="the trained model of the exports and engines sections: a run directory of `keras-transformer train`, a "
+        ".keras file or a preset",
     )
     parser.add_argument("--out", default=str(HERE / "results.json"))
     parser.add_argument("--sections", default=None, help="comma-separated subset of " + ",".join(SECTIONS))
@@ -296,13 +430,19 @@ def main(argv=None):
     parser.add_argument("--train-steps", type=int, default=4, help="training steps per timed repeat")
     parser.add_argument("--e2e-pairs", type=int, default=60000, help="training pairs tokenized for the end-to-end section")
     parser.add_argument("--bleu-sentences", type=int, default=500, help="test sentences for the export BLEU (0 = all 2,000)")
+    parser.add_argument("--engine-sentences", type=int, default=500, help="test sentences of the engines section at batch 32")
+    parser.add_argument(
+        "--engine-batch1-sentences", type=int, default=100,
+        help="of those, how many the engines section translates at batch 1 (one sentence per call)",
+    )
     parser.add_argument("--threads", default=None, help="intra,inter op threads for every worker (default: TF's)")
     parser.add_argument(
         "--in-process", choices=("auto", "yes", "no"), default="auto",
         help="run the configurations inside this process (auto: only with --quick; no clean per-config RSS then)",
     )
     args = parser.parse_args(argv)
-    names = args.sections.split(",") if args.sections else [s for s in SECTIONS if s != "exports" or args.exports]
+    opted_in = {"exports": args.exports, "engines": args.engines}
+    names = args.sections.split(",") if args.sections else [s for s in SECTIONS if opted_in.get(s, True)]
     unknown = set(names) - set(SECTIONS)
     if unknown:
         parser.error(f"unknown sections {sorted(unknown)}")
@@ -599,6 +739,30 @@ def e2e_worker(spec):
     }
 
 
+UNTRAINED = "untrained tiny model (no --run-dir)"
+
+
+def untrained_tiny_task(dtype):
+    """For --quick without --run-dir: an untrained `tiny` TransformerSeq2SeqLM (seeded, max_length 24) in the dtype
+    policy `dtype`, with tokenizers trained on 500 bundled pairs. Its translations are meaningless but
+    deterministic, which is all that speed figures and output comparisons need."""
+    import keras
+
+    from keras_transformer.config import TransformerConfig
+    from keras_transformer.data import load_bundled_corpus
+    from keras_transformer.model import build_transformer
+    from keras_transformer.preprocessor import TransformerSeq2SeqLMPreprocessor
+    from keras_transformer.seq_2_seq_lm import TransformerSeq2SeqLM
+
+    train = load_bundled_corpus("train").head(500)
+    src, tgt = train_tokenizers(True, train.sources, train.targets)
+    config = TransformerConfig.from_preset("tiny", src_vocab_size=src.vocab_size, tgt_vocab_size=tgt.vocab_size, max_length=24)
+    keras.utils.set_random_seed(0)
+    backbone = build_transformer(config, dtype=dtype)
+    preprocessor = TransformerSeq2SeqLMPreprocessor(src, tgt, max_length=config.max_length)
+    return TransformerSeq2SeqLM(backbone=backbone, preprocessor=preprocessor, compile=False)
+
+
 def dir_size_mb(path):
     path = Path(path)
     files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
@@ -607,10 +771,6 @@ def dir_size_mb(path):
 
 def exports_worker(spec):
     setup_tf(spec)
-    import shutil
-
-    import keras
-
     from keras_transformer.data import load_bundled_corpus
     from keras_transformer.evaluation import corpus_scores
     from keras_transformer.export.saved_model import SavedModelTranslator, export_saved_model
@@ -627,15 +787,8 @@ def exports_worker(spec):
         model_file = run_dir / "model.keras" if run_dir.is_dir() else run_dir
         keras_size = dir_size_mb(model_file) if model_file.is_file() else None
     else:  # --quick: an untrained tiny model; the speed figures still mean something, the BLEU does not
-        from keras_transformer.config import TransformerConfig
-        from keras_transformer.model import build_transformer
-
-        train = load_bundled_corpus("train").head(500)
-        src, tgt = train_tokenizers(True, train.sources, train.targets)
-        config = TransformerConfig.from_preset("tiny", src_vocab_size=src.vocab_size, tgt_vocab_size=tgt.vocab_size, max_length=24)
-        keras.utils.set_random_seed(0)
-        translator = Translator(build_transformer(config, dtype="float32"), source_tokenizer=src, target_tokenizer=tgt)
-        origin = "untrained tiny model (no --run-dir)"
+        translator = Translator(untrained_tiny_task("float32"))
+        origin = UNTRAINED
         note = "untrained model: BLEU is meaningless. "
     test = load_bundled_corpus("test")
     n_bleu = spec["bleu_sentences"] or len(test)
@@ -722,6 +875,93 @@ def exports_worker(spec):
             }
         }
     }
+
+
+def engines_prepare_worker(spec):
+    """What the engine workers load: the run directory (for --quick without --run-dir, an untrained tiny
+    mixed_bfloat16 model saved into `out_dir`, so that every engine reads one model from disk the same way) and
+    its CTranslate2 exports, one per quantization, written once into `out_dir` (each export first checks that
+    float32 CTranslate2 greedy output equals ours on probe sentences)."""
+    setup_tf(spec)
+    from keras_transformer.translator import Translator
+
+    out_dir = Path(spec["out_dir"])
+    if spec.get("run_dir"):
+        run_dir = origin = spec["run_dir"]
+    else:
+        from keras_transformer.run_directory import RunDirectory
+
+        run_dir, origin = out_dir / "run", UNTRAINED
+        run_dir.mkdir()
+        RunDirectory(run_dir).save_best_model(untrained_tiny_task("mixed_bfloat16"))
+    translator = Translator.load(run_dir, decode_precision="float32")
+    ready = {
+        "run_dir": str(run_dir),
+        "model": str(origin),
+        "model_precision": translator.model.dtype_policy.name,
+        "ct2_exports": {},
+        "ct2_sizes_mb": {},
+    }
+    try:
+        import ctranslate2  # noqa: F401 - optional: without it the section has only our rows
+    except ImportError as error:
+        ready["ct2_missing"] = f"ctranslate2 is not importable ({error}); pip install keras-transformer[ctranslate2]."
+        return {"ready": ready}
+    from keras_transformer.export.ctranslate2 import export_ctranslate2
+
+    for quantize in spec["quantizations"]:
+        path = export_ctranslate2(translator, out_dir / f"ct2-{quantize}", quantize=quantize)
+        ready["ct2_exports"][quantize] = str(path)
+        ready["ct2_sizes_mb"]["float32" if quantize == "none" else quantize] = dir_size_mb(path / "model.bin")
+    return {"ready": ready}
+
+
+def engine_worker(spec):
+    """One engine of the `engines` section: ours (`Translator.load(run_dir, decode_precision=...)`, XLA decode
+    loop) or a CTranslate2 export (`CTranslate2Translator`, no TensorFlow in its process). Setup translates every
+    workload once (compiling every padded shape of ours) and keeps those outputs for the comparison across engines;
+    each repeat then times every workload (decoding x batch) once. Batch 1 is one call per sentence."""
+    from keras_transformer.data import load_bundled_corpus
+
+    if spec["engine"] == "ours":
+        setup_tf(spec)
+        from keras_transformer.translator import Translator
+
+        translator = Translator.load(spec["path"], decode_precision=spec["decode_precision"])
+        details = {"decode_precision": translator.decode_precision, "decode_shards": translator.decode_shards}
+
+        def translate(texts, beam_size, batch):
+            options = {"decoding": "beam", "beam_size": beam_size} if beam_size > 1 else {"decoding": "greedy"}
+            return translator.translate(texts, batch_size=batch, **options)
+
+    else:
+        from keras_transformer.export.ctranslate2 import CTranslate2Translator
+
+        translator = CTranslate2Translator.load(spec["path"])
+        details = {"inter_threads": translator.inter_threads, "intra_threads": translator.intra_threads}
+
+        def translate(texts, beam_size, batch):
+            return translator.translate(texts, beam_size=beam_size, batch_size=batch)
+
+    sources = load_bundled_corpus("test").sources
+
+    def decode(workload):
+        texts = sources[: workload["sentences"]]
+        if workload["batch"] == 1:
+            return [translate([text], workload["beam_size"], 1)[0] for text in texts]
+        return translate(texts, workload["beam_size"], workload["batch"])
+
+    outputs = {w["key"]: decode(w) for w in spec["workloads"]}
+
+    def run():
+        seconds = {}
+        for workload in spec["workloads"]:
+            t0 = time.perf_counter()
+            decode(workload)
+            seconds[workload["key"]] = time.perf_counter() - t0
+        return seconds
+
+    return {"ready": {**details, "outputs": outputs}, "run": run}
 
 
 if __name__ == "__main__":

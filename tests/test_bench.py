@@ -1,7 +1,8 @@
 """The benchmark scripts run end to end with `--quick` and write every section with positive numbers (no timing
 assertions: the tiny sizes of --quick make the figures meaningless); the FLOP count of a training step matches a
-hand calculation; `--exports` refuses to run without `--run-dir`."""
+hand calculation; `--exports` and `--engines` refuse to run without `--run-dir`."""
 
+import importlib.util
 import json
 import math
 import os
@@ -37,9 +38,9 @@ def run_script(script, *args):
     )
 
 
-def run_quick(script, out):
-    """Runs `bench/<script> --quick --out <out>`; returns the finished process and the JSON it wrote."""
-    completed = run_script(script, "--quick", "--out", str(out))
+def run_quick(script, out, *args):
+    """Runs `bench/<script> --quick --out <out> [args]`; returns the finished process and the JSON it wrote."""
+    completed = run_script(script, "--quick", "--out", str(out), *args)
     assert completed.returncode == 0, completed.stdout[-2000:] + completed.stderr[-3000:]
     return completed, json.loads(out.read_text())
 
@@ -90,6 +91,44 @@ def test_bench_exports_needs_a_run_directory(tmp_path):
     assert completed.returncode == 2 and "--exports needs --run-dir" in completed.stderr
     completed = run_script("bench.py", "--sections", "exports", "--run-dir", str(tmp_path / "missing"))
     assert completed.returncode == 2 and "does not exist" in completed.stderr
+    assert not (tmp_path / "results.json").exists()
+
+
+def test_bench_quick_engines_compares_ours_with_ctranslate2(tmp_path):
+    """`--quick --sections engines` without --run-dir (an untrained tiny mixed_bfloat16 model, nothing trained):
+    a row per engine, precision, decoding and batch with a positive speed, and CTranslate2 float32 greedy decodes
+    exactly what our float32 greedy loop decodes on the same test sentences."""
+    completed, results = run_quick("bench.py", tmp_path / "results.json", "--sections", "engines")
+    engines = results["engines"]
+    rows = engines["results"]
+    with_ct2 = importlib.util.find_spec("ctranslate2") is not None
+    expected = [("ours (XLA loop)", "float32"), ("ours (XLA loop)", "mixed_bfloat16")]
+    expected += [("CTranslate2", "float32"), ("CTranslate2", "int8")] if with_ct2 else []
+    assert list(rows) == [
+        f"{engine}, {precision}, {decoding}, batch {batch}"
+        for engine, precision in expected
+        for decoding in ("greedy", "beam 4")
+        for batch in (1, 32)
+    ]
+    assert engines["model"] == "untrained tiny model (no --run-dir)" and engines["model_precision"] == "mixed_bfloat16"
+    for row in rows.values():
+        assert row["sentences_per_s"] > 0 and row["peak_rss_mb"] > 0
+        assert row["sentences"] == engines["sentences"]["batch1" if row["batch"] == 1 else "batch32"]
+    ours_greedy = [rows[f"ours (XLA loop), float32, greedy, batch {b}"] for b in (1, 32)]
+    assert all(row["distinct_outputs"] > 1 for row in ours_greedy)  # varied outputs: the equality below means something
+    if with_ct2:
+        for batch in (1, 32):
+            assert rows[f"CTranslate2, float32, greedy, batch {batch}"]["same_output_as_ours_float32"] is True
+            assert rows[f"ours (XLA loop), float32, greedy, batch {batch}"]["ratio_vs_ct2_float32"] > 0
+        assert engines["ct2_export_size_mb"]["int8"] < engines["ct2_export_size_mb"]["float32"]
+    else:
+        assert "No CTranslate2 rows" in engines["note"]
+    assert "| engine, precision, decoding, batch |" in completed.stdout
+
+
+def test_bench_engines_needs_a_run_directory(tmp_path):
+    completed = run_script("bench.py", "--engines", "--out", str(tmp_path / "results.json"))
+    assert completed.returncode == 2 and "--engines needs --run-dir" in completed.stderr
     assert not (tmp_path / "results.json").exists()
 
 
