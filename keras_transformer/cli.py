@@ -16,7 +16,7 @@ DEFAULT_RUNS_DIR = "saved_models"
 DEFAULT_RUN_NAME = "ko-en-small"
 # How `train` decodes its test-set evaluation and sample translations unless told otherwise: beam search, which
 # beat greedy decoding on the bundled dev and test splits (README, Results).
-MAIN_JOB_DECODING = ("beam", {"beam_size": 4, "alpha": 0.6})
+MAIN_JOB_DECODING = ("beam", {"beam_size": 4, "alpha": 1.0})
 
 
 def main(argv=None):
