@@ -193,7 +193,7 @@ def _add_decoding_arguments(parser, purpose="", default=None, names=None):
         "--decoding", choices=list(decodings), default=None,
         help="; ".join(f"{d.name}: {d.description}" for d in decodings.values()) + f" ({default_text})",
     )
-    parser.set_defaults(default_decoding=default)
+    parser.set_defaults(default_decoding=default, decoding_names=tuple(decodings))
     for spec in decodings.values():
         for option, default in spec.options.items():
             group.add_argument(
@@ -206,7 +206,9 @@ def _decoding_from_args(args):
     """`(decoding name, its options)` from the flags given; the registry refuses options the decoding does not take."""
     from keras_transformer.decoding.decodings import DECODINGS, choose_decoding, resolve_decoding
 
-    options = {o: getattr(args, o) for spec in DECODINGS.values() for o in spec.options if getattr(args, o, None) is not None}
+    # Only the options of the decodings this command offers: `train --seed` is the training seed, not sampling's.
+    offered = [DECODINGS[name] for name in args.decoding_names]
+    options = {o: getattr(args, o) for spec in offered for o in spec.options if getattr(args, o, None) is not None}
     if args.decoding is None and getattr(args, "default_decoding", None) is not None:
         # The command's own default, with the options given replacing its own; --beam-size 1 alone means greedy.
         decoding, defaults = args.default_decoding

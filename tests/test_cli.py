@@ -44,6 +44,7 @@ def test_the_main_job_decodes_with_its_default_unless_told_otherwise():
     assert decoding("--decoding", "greedy") == ("greedy", {})
     assert decoding("--beam-size", "1") == ("greedy", {})
     assert decoding("--alpha", "0.2") == ("beam", {**cli.MAIN_JOB_DECODING[1], "alpha": 0.2})
+    assert decoding("--seed", "3") == cli.MAIN_JOB_DECODING  # the training seed, not sampling's
     with pytest.raises(ValueError, match="greedy decoding does not take alpha"):
         decoding("--decoding", "greedy", "--alpha", "0.2")
     # translate and evaluate keep greedy as their default.
