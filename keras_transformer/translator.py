@@ -27,8 +27,9 @@ class Translator:
     detokenized back in the original order with the placeholders put back.
 
     Greedy and beam-search batches of 16 or more decoder rows (sentences x beam size) are split into `decode_shards`
-    equal parts, each decoded by the same compiled loop in its own thread, at the same time. A decode step is a chain of small ops that XLA runs one after
-    another, so one loop keeps about one core busy; two loops side by side use both. On a 2-core CPU this made a
+    equal parts, each decoded by the same compiled loop in its own thread, at the same time. A decode step is a
+    chain of small ops that XLA runs one after another, so one loop keeps about one core busy; two loops side by
+    side use both. On a 2-core CPU this made a
     batch of 32 about 20% faster per token (bench/bench.py, `decoding`). Sources never interact (a beam only competes
     with the beams of its own source), so the tokens are the same as from one loop.
 
@@ -38,8 +39,8 @@ class Translator:
         source_tokenizer, target_tokenizer: `SubwordTokenizer`s, for a backbone (a task brings its own).
         max_output_length: longest translation in tokens (default: `config.max_length - 1`).
         jit_compile: compile the decode loop with XLA.
-        decode_shards: how many greedy or beam loops to run side by side on a batch of 16 or more rows; `"auto"` (default): 2
-            where this process may use 2 or more CPU cores and there is no GPU, else 1. 1 turns it off.
+        decode_shards: how many greedy or beam loops to run side by side on a batch of 16 or more rows; `"auto"`
+            (default): 2 where this process may use 2 or more CPU cores and there is no GPU, else 1. 1 turns it off.
         decode_precision: `"auto"` (default): decode a mixed-precision model with float32 weights on a CPU, where
             the decode loop measured about 2x faster in float32 than in bfloat16 (its matrices are too small for
             the bfloat16 units to pay for the casts), and in the model's own precision on a GPU; `"float32"`;
