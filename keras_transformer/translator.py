@@ -29,9 +29,9 @@ class Translator:
     Greedy and beam-search batches of 16 or more decoder rows (sentences x beam size) are split into `decode_shards`
     equal parts, each decoded by the same compiled loop in its own thread, at the same time. A decode step is a
     chain of small ops that XLA runs one after another, so one loop keeps about one core busy; two loops side by
-    side use both. On a 2-core CPU this made a
-    batch of 32 about 20% faster per token (bench/bench.py, `decoding`). Sources never interact (a beam only competes
-    with the beams of its own source), so the tokens are the same as from one loop.
+    side use both. On a 2-core CPU this made a batch of 32 about 20% faster per token (bench/bench.py, `decoding`).
+    Sources never interact (a beam only competes with the beams of its own source), so the tokens are the same as
+    from one loop.
 
     Args:
         model: a `TransformerSeq2SeqLM` (its preprocessor gives the tokenizers) or a `TransformerBackbone`.
