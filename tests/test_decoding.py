@@ -6,6 +6,8 @@ import tensorflow as tf
 
 from keras_transformer.data import END_ID, PAD_ID, load_bundled_corpus
 from keras_transformer.decoding import beam_search, greedy_search, length_penalty, sample
+from keras_transformer.decoding.beam_search import BeamStrategy
+from keras_transformer.decoding.loop import block_ends
 from keras_transformer.translator import Translator, pad_batch
 
 
@@ -95,6 +97,52 @@ def test_beam_search_of_width_one_is_greedy_and_nbest_is_sorted(translator, sour
         assert len(hypotheses) == 4
         scores = [score for _, score in hypotheses]
         assert scores == sorted(scores, reverse=True)
+
+
+@pytest.mark.parametrize("search, options", [("greedy", {}), ("beam", {"beam_size": 3, "alpha": 0.6})])
+def test_decoding_in_cache_blocks_gives_the_tokens_of_one_loop(translator, sources, monkeypatch, search, options):
+    import keras_transformer.decoding.beam_search as beam_search_module
+    from keras_transformer.decoding import loop
+
+    search = beam_search_module.beam_search if search == "beam" else greedy_search
+    encoder_ids = tf.constant(pad_batch(translator.encode_sources(sources[:12]), max_length=translator.config.max_length))
+    model, config, steps = translator._decode_model, translator.config, translator.max_output_length
+    results = {}
+    for block in (None, 5):
+        monkeypatch.setattr(beam_search_module, "CACHE_BLOCK", block)
+        if search is greedy_search:  # greedy runs one loop; make its loop run in blocks
+            monkeypatch.setattr(loop, "block_ends", lambda max_steps, _, block=block: block_ends(max_steps, block))
+        results[block] = [t.numpy() for t in tf.function(lambda x: search(model, config, x, steps, **options))(encoder_ids)]
+    (one_ids, one_scores), (blocked_ids, blocked_scores) = results[None], results[5]
+    np.testing.assert_array_equal(blocked_ids, one_ids)
+    np.testing.assert_allclose(blocked_scores, one_scores, atol=1e-4)
+    assert (one_ids == END_ID).any() and ((one_ids != PAD_ID) & (one_ids != END_ID)).sum() > 12
+
+
+def test_block_ends():
+    assert block_ends(31, None) == [31]
+    assert block_ends(31, 5) == [5, 10, 15, 20, 25, 30, 31]
+    assert block_ends(32, 16) == [16, 32]
+    assert block_ends(10, 16) == [10]
+    with pytest.raises(ValueError, match="cache_block"):
+        block_ends(31, 0)
+
+
+def test_beam_step_picks_the_best_candidates_over_all_beams_with_ties_to_the_lower_index():
+    batch, beam, vocab = 2, 3, 7
+    rng = np.random.default_rng(0)
+    logits = rng.integers(0, 3, size=(batch * beam, vocab)).astype("float32")  # many ties
+    scores = np.array([[0.0, -0.5, -0.5], [-1.0, 0.0, -1e9]], "float32")
+    finished = np.array([False, True, False, False, False, False])
+    strategy = BeamStrategy(batch, beam, vocab)
+    tokens, parents, (new_scores, _) = strategy.advance(tf.constant(logits), 0, tf.constant(finished), (tf.constant(scores), tf.zeros([batch, beam], tf.int32)))
+    log_probs = tf.nn.log_softmax(logits).numpy()
+    log_probs[finished] = strategy.after_end.numpy()
+    candidates = (scores[:, :, None] + log_probs.reshape(batch, beam, vocab)).reshape(batch, beam * vocab)
+    best = np.argsort(-candidates, axis=1, kind="stable")[:, :beam]  # ties: the lower flat index first
+    np.testing.assert_allclose(new_scores.numpy(), np.take_along_axis(candidates, best, 1), rtol=1e-6)
+    np.testing.assert_array_equal(tokens.numpy(), (best % vocab).reshape(-1))
+    np.testing.assert_array_equal(parents.numpy(), (best // vocab + np.arange(batch)[:, None] * beam).reshape(-1))
 
 
 def _teacher_forced_log_probability(translator, encoder_ids, tokens):

@@ -11,6 +11,9 @@ from keras_transformer.data.special_ids import PAD_ID
 from keras_transformer.decoding.loop import decode_loop
 from keras_transformer.decoding.state import DecoderState
 
+# Beam search grows its key/value buffers in blocks of this many steps (see `decode_loop`).
+CACHE_BLOCK = 16
+
 
 def length_penalty(length, alpha):
     """GNMT (Wu et al., 2016): ((5 + length) / 6) ^ alpha; alpha = 0 ranks by raw log-probability."""
@@ -38,9 +41,14 @@ class BeamStrategy:
         batch, beam_size, vocab = self.batch, self.beam_size, self.vocab_size
         log_probs = tf.reshape(tf.nn.log_softmax(logits), tf.stack([batch, beam_size, vocab]))
         log_probs = tf.where(tf.reshape(finished, tf.stack([batch, beam_size, 1])), self.after_end[None, None, :], log_probs)
-        candidates = tf.reshape(scores[:, :, None] + log_probs, tf.stack([batch, beam_size * vocab]))
-        scores, flat = tf.math.top_k(candidates, k=beam_size)
-        beam, token = flat // vocab, flat % vocab
+        # The beam_size best of the beam_size * vocab candidates, in two stages: the beam_size best tokens of each
+        # beam, then the best of those beam_size * beam_size. Same result and tie order as one top_k over all
+        # candidates (ties go to the lower beam, then the lower token), and XLA's CPU top_k over rows of vocab
+        # entries is cheaper than over one row of beam_size * vocab.
+        per_beam, tokens = tf.math.top_k(scores[:, :, None] + log_probs, k=beam_size)  # [batch, beam, beam_size]
+        scores, flat = tf.math.top_k(tf.reshape(per_beam, tf.stack([batch, beam_size * beam_size])), k=beam_size)
+        beam = flat // beam_size
+        token = tf.gather(tf.reshape(tokens, tf.stack([batch, beam_size * beam_size])), flat, batch_dims=1)
         parents = tf.reshape(beam + tf.range(batch)[:, None] * beam_size, [-1])  # the row each new beam continues
         was_finished = tf.reshape(tf.gather(tf.reshape(finished, [-1]), parents), tf.shape(beam))
         lengths = tf.gather(lengths, beam, batch_dims=1)
@@ -60,9 +68,9 @@ def beam_search(model, config, encoder_inputs, max_steps, beam_size=4, alpha=0.6
     if alpha < 0:
         raise ValueError(f"alpha must be >= 0, got {alpha}.")
     batch = tf.shape(encoder_inputs)[0]
-    tiled = tf.repeat(encoder_inputs, beam_size, axis=0)
-    state = DecoderState(model, config, tiled, max_steps, use_cache=use_cache, placeholder_ids=placeholder_ids)
-    tokens, (scores, lengths) = decode_loop(state, BeamStrategy(batch, beam_size, config.tgt_vocab_size))
+    state = DecoderState(model, config, encoder_inputs, max_steps, use_cache=use_cache, placeholder_ids=placeholder_ids, repeat=beam_size)
+    strategy = BeamStrategy(batch, beam_size, config.tgt_vocab_size)
+    tokens, (scores, lengths) = decode_loop(state, strategy, cache_block=CACHE_BLOCK)
     normalized, order = tf.math.top_k(scores / length_penalty(lengths, alpha), k=beam_size)
     tokens = tf.reshape(tokens, tf.stack([batch, beam_size, max_steps]))
     return tf.gather(tokens, order, batch_dims=1), normalized

@@ -3,8 +3,10 @@
 Cache layout (one documented layout, used by every strategy and by the exported models):
 - cross-attention: per decoder layer, `(key, value)` of the encoder output, each `[batch, heads, src_len, d_k]`,
   computed once per source;
-- self-attention: per decoder layer, `(key, value)` buffers of fixed size `[batch, heads, max_steps, d_k]`,
-  zeros at first; step i writes position i. Fixed sizes let XLA and TFLite compile the decode loop.
+- self-attention: per decoder layer, `(key, value)` buffers of fixed size `[batch, heads, cache_len, d_k]`,
+  zeros at first; step i writes position i. Fixed sizes let XLA and TFLite compile the decode loop. `cache_len` is
+  `max_steps`, or less while the loop runs in blocks (`decode_loop(..., cache_block=...)`): then the buffers grow
+  block by block, so that early steps neither attend over nor reorder positions that are still empty.
 
 Two ways to get the next-token logits at position i, with identical results:
 - `cached_step`: feeds only token i and attends over the cache (O(1) new work per layer and step);
@@ -22,25 +24,34 @@ from keras_transformer.data.placeholders import allowed_token_mask, mask_logits
 class DecoderState:
     """Encoder output and caches for a batch of sources, and the step functions over them."""
 
-    def __init__(self, model, config, encoder_inputs, max_steps, use_cache=True, placeholder_ids=None):
+    def __init__(self, model, config, encoder_inputs, max_steps, use_cache=True, placeholder_ids=None, repeat=1):
+        """`repeat`: decoder rows per source (beam search's beam size): each source is encoded once and its encoder
+        output, cross-attention cache and placeholder mask are repeated, so that rows r * repeat .. r * repeat +
+        repeat - 1 decode source r."""
         self.model = model  # a TransformerBackbone
         self.config = config
         self.max_steps = max_steps
         self.use_cache = use_cache
-        self.encoder_output, self.encoder_padding_mask = model.encode(encoder_inputs, training=False)
+        rows = (lambda t: t) if repeat == 1 else (lambda t: None if t is None else tf.repeat(t, repeat, axis=0))
+        encoder_output, encoder_padding_mask = model.encode(encoder_inputs, training=False)
+        self.encoder_output, self.encoder_padding_mask = rows(encoder_output), rows(encoder_padding_mask)
         self.batch_size = tf.shape(self.encoder_output)[0]
         self.decoder_layers = model.decoder_layers
         # Placeholder tokens a source does not have may not be emitted (computed once per batch, from the ids).
-        self.allowed = None if placeholder_ids is None else allowed_placeholders(encoder_inputs, placeholder_ids, config.tgt_vocab_size)
+        self.allowed = None if placeholder_ids is None else rows(allowed_placeholders(encoder_inputs, placeholder_ids, config.tgt_vocab_size))
         if use_cache:
-            self.cross_caches = [layer.cross_attention.compute_key_value(self.encoder_output) for layer in self.decoder_layers]
+            self.cross_caches = [
+                tuple(rows(t) for t in layer.cross_attention.compute_key_value(encoder_output)) for layer in self.decoder_layers
+            ]
 
-    def initial_self_caches(self):
-        """Zero `(key, value)` buffers `[batch, heads, max_steps, d_k]`, one pair per decoder layer."""
+    def initial_self_caches(self, length=None):
+        """Zero `(key, value)` buffers `[batch, heads, length, d_k]` (`length` defaults to `max_steps`), one pair
+        per decoder layer."""
         c = self.config
         depth = c.d_model // c.num_heads
         dtype = self.encoder_output.dtype
-        zeros = tf.zeros(tf.stack([self.batch_size, c.num_heads, self.max_steps, depth]), dtype=dtype)
+        length = self.max_steps if length is None else length
+        zeros = tf.zeros(tf.stack([self.batch_size, c.num_heads, length, depth]), dtype=dtype)
         return [(zeros, zeros) for _ in range(c.num_layers)]
 
     def cached_step(self, tokens, index, self_caches):
@@ -49,8 +60,9 @@ class DecoderState:
         x = self.model.target_embedding(token)
         x = self.model.decoder_positional_encoding(x, start_index=index)
         # The query at `index` may see cache positions 0..index.
-        visible = ops.less_equal(ops.arange(self.max_steps), index)
-        self_mask = ops.reshape(visible, (1, 1, 1, self.max_steps))
+        cache_len = self_caches[0][0].shape[2] or tf.shape(self_caches[0][0])[2]
+        visible = ops.less_equal(ops.arange(cache_len), index)
+        self_mask = ops.reshape(visible, (1, 1, 1, cache_len))
         new_caches = []
         for layer, cross_cache, self_cache in zip(self.decoder_layers, self.cross_caches, self_caches):
             x, self_cache = layer(
