@@ -124,8 +124,11 @@ def test_block_ends():
     assert block_ends(31, 5) == [5, 10, 15, 20, 25, 30, 31]
     assert block_ends(32, 16) == [16, 32]
     assert block_ends(10, 16) == [10]
+    for bad in (0, -3, 2.5):
+        with pytest.raises(ValueError, match="cache_block"):
+            block_ends(31, bad)
     with pytest.raises(ValueError, match="cache_block"):
-        block_ends(31, 0)
+        block_ends(4, 0)  # refused even when one loop would do
 
 
 def test_beam_step_picks_the_best_candidates_over_all_beams_with_ties_to_the_lower_index():

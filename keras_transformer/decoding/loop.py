@@ -8,8 +8,10 @@ gets padding after it); and the stop rule (every row finished, or `max_steps` to
 With `cache_block=n` the loop runs as consecutive loops over steps [0, n), [n, 2n), ..., each with key/value
 buffers just long enough for its steps (zero-padded by n positions between loops), and a later loop does not run
 once every row has finished. Early steps then attend over, and beam search reorders, only the positions that can
-hold something: the reordering moves the whole cache every step and is bound by memory bandwidth (38% of a beam-4
-step at batch 32 with `max_steps` = 63 on the 2-core AMD host). The tokens are the same as with one loop.
+hold something: the reordering moves the whole cache every step and is bound by memory bandwidth (leaving it out
+took a beam-4 batch of 32 with `max_steps` = 63 from 2.22 to 1.37 s on the 2-core AVX2 AMD host). Masked cache
+positions add exact zeros to the attention; tests/test_decoding.py checks that greedy and beam search give the
+same tokens as with one loop.
 
 A strategy only says how the next token of every row is chosen. It is an object with
 - `initial_carry()`: its own loop state (e.g. running scores), a nest of tensors;
@@ -67,10 +69,10 @@ def decode_loop(state, strategy, start_id=START_ID, end_id=END_ID, pad_id=PAD_ID
 def block_ends(max_steps, cache_block):
     """The last step (exclusive) of each loop: `[max_steps]` for one loop, else multiples of `cache_block`, the
     last one `max_steps`."""
+    if cache_block is not None and (not isinstance(cache_block, int) or cache_block < 1):
+        raise ValueError(f"cache_block must be a positive int or None, got {cache_block!r}.")
     if cache_block is None or not isinstance(max_steps, int) or cache_block >= max_steps:
         return [max_steps]
-    if not isinstance(cache_block, int) or cache_block < 1:
-        raise ValueError(f"cache_block must be a positive int or None, got {cache_block!r}.")
     return list(range(cache_block, max_steps, cache_block)) + [max_steps]
 
 
