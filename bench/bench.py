@@ -938,7 +938,8 @@ def engine_worker(spec):
         from keras_transformer.export.ctranslate2 import CTranslate2Translator
 
         translator = CTranslate2Translator.load(spec["path"])
-        details = {"inter_threads": translator.inter_threads, "intra_threads": translator.intra_threads}
+        details = {"inter_threads": translator.inter_threads, "intra_threads": translator.intra_threads,
+                   "compute_type": translator.compute_type}
 
         def translate(texts, beam_size, batch):
             return translator.translate(texts, beam_size=beam_size, batch_size=batch)

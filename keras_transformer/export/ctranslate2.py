@@ -287,7 +287,7 @@ def export_ctranslate2(translator, out_dir, quantize="none", check_sentences=Non
         if quantize != "none":
             final = staging / quantize
             _write_export(translator, final, quantize)
-            CTranslate2Translator.load(final).translate(probes)  # loads and runs at its own precision
+            CTranslate2Translator.load(final, compute_type="default").translate(probes)  # at its own precision
         _refuse_existing(out_dir)
         try:
             os.rename(final, out_dir)  # also replaces an empty directory
@@ -312,6 +312,62 @@ def is_ctranslate2_export(path) -> bool:
 # -------------------------------------------------------------------------------------------------------- runner
 
 
+_VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def int8_kernels_saturate(cpuinfo=None, environ=None) -> bool:
+    """True where CTranslate2's int8 matrix products lose accuracy: a CPU without VNNI (`avx512_vnni`, `avx_vnni`)
+    on which CTranslate2 uses oneDNN for them (its choice on non-Intel CPUs unless `CT2_USE_MKL=1`). oneDNN then
+    multiplies u8 by s8 with `vpmaddubsw`, whose 16-bit sums saturate. Measured on a 2-core AMD EPYC with AVX2 only,
+    tiny test model, 200 dev sentences: 6 outputs of the int8 model equal float32 Keras greedy; the same int8 weights
+    computed in float32 give 171; MKL's int8 (`CT2_USE_MKL=1`) gives 165 but decodes the small preset 6x slower than
+    oneDNN's int8 (23 vs 141 sentences/s at batch 32). Intel CPUs without VNNI (MKL's int8) were not measured and are
+    not flagged. `cpuinfo`: the text of /proc/cpuinfo (read when None; False where there is none)."""
+    environ = os.environ if environ is None else environ
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return False
+    fields = {}
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    if "flags" not in fields:
+        return False
+    use_mkl = environ.get("CT2_USE_MKL", "").strip().lower()
+    if use_mkl in ("1", "true", "on", "yes") or (not use_mkl and fields.get("vendor_id") == "GenuineIntel"):
+        return False
+    return not set(_VNNI_FLAGS) & set(fields["flags"].split())
+
+
+def resolve_compute_type(compute_type, quantize, device="cpu", saturates=None):
+    """The compute type `CTranslate2Translator` passes to CTranslate2. `"auto"`: the precision of the export
+    (`"default"`), except that int8/int16 weights are computed in float32 on a CPU where int8 kernels saturate
+    (`int8_kernels_saturate`, or `saturates` when given); the file stays small and the outputs stay those of the
+    int8 weights. Any other value is passed on; an int8 compute type named on such a CPU gets a warning."""
+    on_cpu = device == "cpu"
+    if compute_type != "auto":
+        if on_cpu and "int8" in compute_type and (int8_kernels_saturate() if saturates is None else saturates):
+            warnings.warn(
+                f"compute_type={compute_type!r} on a CPU without VNNI: CTranslate2's int8 matrix products saturate "
+                "here, so most outputs differ from the float32 model. compute_type='auto' computes int8 weights in "
+                "float32.",
+                stacklevel=3,
+            )
+        return compute_type
+    if on_cpu and quantize in ("int8", "int16") and (int8_kernels_saturate() if saturates is None else saturates):
+        warnings.warn(
+            "This CPU has no VNNI, and CTranslate2's int8 matrix products on it saturate (most outputs then differ "
+            "from the float32 model): the int8 weights are computed in float32 (the outputs of the int8 weights, at "
+            "float32 speed). Pass compute_type='int8' to compute in int8 anyway, or set CT2_USE_MKL=1 before "
+            "ctranslate2 is imported (accurate, but slower than float32 on AMD CPUs).",
+            stacklevel=3,
+        )
+        return "float32"
+    return "default"
+
+
 def thread_layout(cores=None):
     """`(inter_threads, intra_threads)` for CTranslate2 on this host's CPUs: one translator per usable core, each
     with one thread (`inter_threads=cores, intra_threads=1`), and a batch is split so that they all get a part.
@@ -330,8 +386,11 @@ class CTranslate2Translator:
 
     Args:
         path: the export directory.
-        compute_type: CTranslate2's compute type; `"default"` runs the weights at the precision they were exported
-            with (float32, int8 or int16; CTranslate2 falls back to a type this CPU supports).
+        compute_type: CTranslate2's compute type. `"auto"`: the precision the weights were exported with (float32,
+            int8 or int16; CTranslate2 falls back to a type this CPU supports), except on a CPU whose int8 kernels
+            saturate (no VNNI, see `int8_kernels_saturate`), where int8/int16 weights are computed in float32, with
+            a warning. Any CTranslate2 compute type (`"default"`, `"int8"`, `"float32"`, ...) is passed on as given.
+            The one used is `self.compute_type`.
         inter_threads, intra_threads: CTranslate2's threads; None: `thread_layout()` (one translator per core, one
             thread each).
         device: `"cpu"` (the layout above is for CPUs) or `"cuda"`.
@@ -340,7 +399,7 @@ class CTranslate2Translator:
     >>> CTranslate2Translator.load("exports/translator-ct2").translate(["설정"])  # doctest: +SKIP
     """
 
-    def __init__(self, path, compute_type="default", inter_threads=None, intra_threads=None, device="cpu"):
+    def __init__(self, path, compute_type="auto", inter_threads=None, intra_threads=None, device="cpu"):
         ctranslate2 = _import_ctranslate2()
         import sentencepiece as spm
 
@@ -355,8 +414,9 @@ class CTranslate2Translator:
         _check_vocabularies(path, self.metadata, self.source_processor, self.target_processor)
         self.max_length = int(self.metadata["model"]["max_length"])
         self.max_output_length = int(self.metadata["max_output_length"])
+        self.compute_type = resolve_compute_type(compute_type, self.metadata.get("quantize"), device)
         self.translator = ctranslate2.Translator(
-            str(path), device=device, compute_type=compute_type, inter_threads=self.inter_threads,
+            str(path), device=device, compute_type=self.compute_type, inter_threads=self.inter_threads,
             intra_threads=self.intra_threads,
         )
 
