@@ -238,17 +238,19 @@ def _alive(pid):
 
 
 def save_inference_model(task, path):
-    """Saves `task` (a TransformerSeq2SeqLM) to `path` (`.keras`) atomically, without optimizer state: the weights
-    go into a fresh copy of the task that was never trained, so the file holds weights, config and tokenizers only
-    (about a third of a file with Adam's two slots per weight)."""
+    """Saves `task` (a TransformerSeq2SeqLM) to `path` (`.keras`) atomically, without optimizer state, so the file
+    holds weights, config and tokenizers only (about a third of a file with Adam's two slots per weight). A task
+    that has an optimizer is saved through a fresh copy that was never compiled; one without (e.g. a new task
+    around the training backbone) as it is."""
     from keras_transformer.backbone import TransformerBackbone
     from keras_transformer.seq_2_seq_lm import TransformerSeq2SeqLM
 
-    backbone = TransformerBackbone.from_config(task.backbone.get_config())
-    backbone.set_weights(task.backbone.get_weights())
-    copy = TransformerSeq2SeqLM(backbone=backbone, preprocessor=task.preprocessor, name=task.name, compile=False)
+    if getattr(task, "optimizer", None) is not None:
+        backbone = TransformerBackbone.from_config(task.backbone.get_config())
+        backbone.set_weights(task.backbone.get_weights())
+        task = TransformerSeq2SeqLM(backbone=backbone, preprocessor=task.preprocessor, name=task.name, compile=False)
     with atomic_path(path) as tmp:
-        copy.save(tmp)
+        task.save(tmp)
     return Path(path)
 
 

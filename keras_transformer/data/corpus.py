@@ -23,6 +23,7 @@ import csv
 import dataclasses
 import gzip
 import io
+import functools
 import os
 import random
 import unicodedata
@@ -357,12 +358,16 @@ def load_bundled_corpus(split: str, direction: str = "ko-en") -> ParallelCorpus:
             "data files. Reinstall from a source checkout (`pip install .`), which includes "
             "keras_transformer/data/corpus/ko-en/*."
         )
-    return read_parallel_file(
-        path,
-        source_column=_BUNDLED_COLUMNS[source_language],
-        target_column=_BUNDLED_COLUMNS[target_language],
-        strict=True,
-    )
+    sources, targets = _read_bundled(path, _BUNDLED_COLUMNS[source_language], _BUNDLED_COLUMNS[target_language])
+    return ParallelCorpus(list(sources), list(targets), path=path)
+
+
+@functools.lru_cache(maxsize=8)
+def _read_bundled(path, source_column, target_column):
+    """The pairs of a bundled file, read once per process (the train split takes seconds to read) and kept as
+    tuples: every caller gets its own lists."""
+    corpus = read_parallel_file(path, source_column=source_column, target_column=target_column, strict=True)
+    return tuple(corpus.sources), tuple(corpus.targets)
 
 
 def _tfds_help(name: str, data_dir: str | os.PathLike | None) -> str:
