@@ -3,7 +3,12 @@
 Everything here is sized for a shared 2-core CPU: tiny models, short sequences, few steps.
 """
 
+import fcntl
+import json
 import os
+import shutil
+import subprocess
+import sys
 
 # Must be set before TensorFlow is imported anywhere.
 os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
@@ -66,19 +71,85 @@ def numpy_softmax(x, axis=-1):
     return e / e.sum(axis=axis, keepdims=True)
 
 
+def built_once(tmp_path_factory, name, build):
+    """`<shared temp>/<name>`, filled by `build(path)` once per test session, also when pytest-xdist runs the tests
+    in several worker processes: the first one to ask builds it under a file lock, the others wait and reuse it.
+    Expensive fixtures (a trained run) are then made once, not once per worker."""
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the directory all workers' temp folders share
+    path, done = root / name, root / f"{name}.done"
+    with open(root / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(path, ignore_errors=True)  # a build that failed in another worker
+            path.mkdir()
+            build(path)
+            done.write_text("")
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_run_dir(tmp_path_factory):
     """A tiny translator trained for a few seconds on 3,000 bundled pairs (run directory with tokenizers and
     model.keras). Its outputs are poor but not empty, which is what equality tests of exports need. (lr_scale 0.1:
     the paper's formula gives d_model=32 a learning rate ten times too high, which makes it emit only END.)"""
-    from keras_transformer.data import load_bundled_corpus
-    from keras_transformer.training import TrainingConfig, train
 
-    run_dir = tmp_path_factory.mktemp("tiny_run")
-    settings = TrainingConfig(
-        preset="tiny", train_limit=3000, source_vocab_size=1500, target_vocab_size=1000, steps_per_epoch=100,
-        epochs=2, warmup_steps=40, lr_scale=0.1, tokens_per_batch=1024, dev_bleu_sentences=0, time_limit_minutes=None,
-        max_length=32, precision="float32",
-    )
-    train(settings, run_dir, load_bundled_corpus("train"), load_bundled_corpus("dev"), verbose=0)
-    return run_dir
+    def build(run_dir):
+        from keras_transformer.data import load_bundled_corpus
+        from keras_transformer.training import TrainingConfig, train
+
+        settings = TrainingConfig(
+            preset="tiny", train_limit=3000, source_vocab_size=1500, target_vocab_size=1000, steps_per_epoch=100,
+            epochs=2, warmup_steps=40, lr_scale=0.1, tokens_per_batch=1024, dev_bleu_sentences=0,
+            time_limit_minutes=None, max_length=32, precision="float32",
+        )
+        train(settings, run_dir, load_bundled_corpus("train"), load_bundled_corpus("dev"), verbose=0)
+
+    return built_once(tmp_path_factory, "tiny_run", build)
+
+
+# The command-line training run that the kill tests and the main-job tests share (a tiny model, 12 steps per epoch,
+# dev BLEU on 20 sentences, no test evaluation). `train_command(runs, epochs)` trains it into `runs/r`.
+CLI_ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
+STEPS = 12
+RUN = ["--preset", "tiny", "--train-limit", "2000", "--source-vocab-size", "1000", "--target-vocab-size", "800",
+       "--steps-per-epoch", str(STEPS), "--dev-bleu-sentences", "20", "--warmup-steps", "20", "--lr-scale", "0.1",
+       "--tokens-per-batch", "1024", "--time-limit", "10", "--no-evaluate"]
+# Killed while saving the best model (epoch 1 always is the best so far), while writing the history, inside the
+# dev-BLEU pass, mid-epoch and while switching the backup: each time the same command resumes it.
+FAULTS = ["replace:model.keras:1", "replace:history.json:1", "dev_bleu:1", "batch:5", "replace:latest.json:1"]
+
+
+def train_command(runs, epochs):
+    return [sys.executable, "-m", "keras_transformer", "train", "--runs-dir", str(runs), "--run-name", "r", *RUN,
+            "--epochs", str(epochs)]
+
+
+def train_cli(runs, epochs, fault=None):
+    env = {k: v for k, v in CLI_ENV.items() if k != "KERAS_TRANSFORMER_FAULT"}
+    if fault:
+        env["KERAS_TRANSFORMER_FAULT"] = fault
+    return subprocess.run(train_command(runs, epochs), capture_output=True, text=True, env=env, timeout=400)
+
+
+@pytest.fixture(scope="session")
+def killed_run(tmp_path_factory):
+    """`runs/r`: a 3-epoch run of the command line, SIGKILLed at each of FAULTS and restarted with the same command
+    until it finished. `snapshots/<i>` is a copy of the run directory right after kill i; `results.json` has the
+    return codes and output tails of every process."""
+
+    def build(root):
+        runs, results = root / "runs", []
+        for i, fault in enumerate(FAULTS):
+            killed = train_cli(runs, epochs=3, fault=fault)
+            results.append({"fault": fault, "returncode": killed.returncode, "output": killed.stdout[-1500:] + killed.stderr[-1500:]})
+            if (runs / "r").exists():
+                shutil.copytree(runs / "r", root / "snapshots" / str(i), symlinks=True)
+        done = train_cli(runs, epochs=3)
+        results.append({"fault": None, "returncode": done.returncode, "output": done.stdout[-2000:] + done.stderr[-2000:]})
+        (root / "results.json").write_text(json.dumps(results, indent=1))
+
+    root = built_once(tmp_path_factory, "killed_run", build)
+    return {"run_dir": root / "runs" / "r", "snapshots": [root / "snapshots" / str(i) for i in range(len(FAULTS))],
+            "results": json.loads((root / "results.json").read_text())}

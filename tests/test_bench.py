@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "bench"))
 
@@ -45,8 +47,14 @@ def run_quick(script, out, *args):
     return completed, json.loads(out.read_text())
 
 
-def test_bench_quick_writes_all_sections(tmp_path):
-    completed, results = run_quick("bench.py", tmp_path / "results.json")
+@pytest.fixture(scope="module")
+def quick_bench(tmp_path_factory):
+    """One `bench.py --quick --engines` run: every default section and the engines section, in one process."""
+    return run_quick("bench.py", tmp_path_factory.mktemp("bench") / "results.json", "--engines")
+
+
+def test_bench_quick_writes_all_sections(quick_bench):
+    completed, results = quick_bench
     assert {"meta", "machine", "training", "decoding", "end_to_end"} <= set(results)
 
     for row in results["machine"]["matmul"].values():
@@ -94,11 +102,11 @@ def test_bench_exports_needs_a_run_directory(tmp_path):
     assert not (tmp_path / "results.json").exists()
 
 
-def test_bench_quick_engines_compares_ours_with_ctranslate2(tmp_path):
-    """`--quick --sections engines` without --run-dir (an untrained tiny mixed_bfloat16 model, nothing trained):
-    a row per engine, precision, decoding and batch with a positive speed, and CTranslate2 float32 greedy decodes
-    exactly what our float32 greedy loop decodes on the same test sentences."""
-    completed, results = run_quick("bench.py", tmp_path / "results.json", "--sections", "engines")
+def test_bench_quick_engines_compares_ours_with_ctranslate2(quick_bench):
+    """`--quick --engines` without --run-dir (an untrained tiny mixed_bfloat16 model, nothing trained): a row per
+    engine, precision, decoding and batch with a positive speed, and CTranslate2 float32 greedy decodes exactly what
+    our float32 greedy loop decodes on the same test sentences."""
+    completed, results = quick_bench
     engines = results["engines"]
     rows = engines["results"]
     with_ct2 = importlib.util.find_spec("ctranslate2") is not None

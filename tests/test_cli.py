@@ -111,6 +111,11 @@ def test_bring_your_own_language_pair_with_swapped_columns(tmp_path):
     assert "does not fit these 800 sentences" in out.stderr  # 8,000 pieces asked for, fewer trained
     assert "Dev BLEU" in out.stdout and (runs / "de-en" / "eval-dev" / "report.json").exists()
     assert "어제" not in out.stdout and "das " in out.stdout  # samples from the user's dev file
-    korean = run("evaluate", "--model", str(runs / "de-en"), "--split", "test", "--out", str(tmp_path / "ko"))
+    from keras_transformer.data import load_bundled_corpus
+
+    dev = load_bundled_corpus("dev").head(30)  # Korean sources: this model's source side is German
+    korean_pairs = tmp_path / "korean.tsv"
+    korean_pairs.write_text("".join(f"{s}\t{t}\n" for s, t in zip(dev.sources, dev.targets)), encoding="utf-8")
+    korean = run("evaluate", "--model", str(runs / "de-en"), "--data", str(korean_pairs), "--out", str(tmp_path / "ko"))
     assert korean.returncode == 0, korean.stderr[-2000:]
     assert "may be in the wrong language" in korean.stderr and "--source-column" in korean.stderr

@@ -1,9 +1,8 @@
-"""The main job end to end through the command line, at a tiny scale: train, resume after a kill, evaluate,
-translate, plot; and the errors a user meets with bad input."""
+"""The main job end to end through the command line, at a tiny scale: evaluate, translate, plot and export a run
+that `train` made (the shared killed-and-resumed run of conftest); and the errors a user meets with bad input."""
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -11,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from conftest import train_command
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
 TINY_RUN = [
@@ -29,26 +30,11 @@ def cli(*args, cwd=None, timeout=300, stdin=None):
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory):
-    """A tiny run of 2 epochs, killed during its 2nd epoch and resumed with the same command to 3 epochs."""
-    runs = tmp_path_factory.mktemp("runs")
-    command = [sys.executable, "-m", "keras_transformer", "train", "--runs-dir", str(runs), "--run-name", "tiny",
-               "--no-evaluate", *TINY_RUN, "--steps-per-epoch", "40"]
-    history = runs / "tiny" / "history.json"
-    backup = runs / "tiny" / "backup" / "latest.json"  # written last: the epoch is complete
-    process = subprocess.Popen(command + ["--epochs", "3"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=ENV, text=True)
-    try:
-        deadline = time.time() + 240
-        while time.time() < deadline and not backup.exists():
-            time.sleep(0.05)
-        assert backup.exists(), "the first epoch never finished"
-        process.send_signal(signal.SIGKILL)  # inside epoch 2 (40 steps take seconds)
-    finally:
-        process.wait(timeout=60)
-    killed_history = json.loads(history.read_text())
-    resumed = subprocess.run(command + ["--epochs", "3"], capture_output=True, text=True, env=ENV, timeout=300)
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    return runs / "tiny", killed_history, resumed
+def trained_run(killed_run):
+    """The shared command-line run of conftest (killed at five points and resumed to 3 epochs; the kills and the
+    resume are checked in test_run_directory)."""
+    assert killed_run["results"][-1]["returncode"] == 0, killed_run["results"][-1]["output"]
+    return killed_run["run_dir"]
 
 
 def test_help_is_fast_and_does_not_import_tensorflow():
@@ -60,24 +46,11 @@ def test_help_is_fast_and_does_not_import_tensorflow():
     assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True).stdout.strip() == "False"
 
 
-def test_resume_after_kill_continues_with_the_right_step_count(trained_run):
-    run_dir, killed_history, resumed = trained_run
-    history = json.loads((run_dir / "history.json").read_text())
-    assert [h["epoch"] for h in killed_history] == [1]
-    assert [h["epoch"] for h in history] == [1, 2, 3]
-    assert [h["step"] for h in history] == [40, 80, 120]  # the optimizer's step counter survived the kill
-    assert history[0] == killed_history[0]  # the finished epoch was not redone
-    assert history[-1]["loss"] < history[0]["loss"]
-    for name in ("config.json", "source.model", "target.model", "model.keras", "backup", "logs"):
-        assert (run_dir / name).exists(), name
-
-
 def test_restart_with_different_settings_is_refused_without_writing(trained_run):
-    run_dir = trained_run[0]
+    run_dir = trained_run
     before = sorted(p.name for p in run_dir.iterdir())
     config_before = (run_dir / "config.json").read_text()
-    out = cli("train", "--runs-dir", str(run_dir.parent), "--run-name", run_dir.name, "--no-evaluate",
-              *TINY_RUN, "--steps-per-epoch", "40", "--set", "num_layers=3")
+    out = cli(*train_command(run_dir.parent, 3)[3:], "--set", "num_layers=3")
     assert out.returncode == 2
     assert "different settings" in out.stderr and "model.num_layers" in out.stderr
     assert "Traceback" not in out.stderr
@@ -86,7 +59,7 @@ def test_restart_with_different_settings_is_refused_without_writing(trained_run)
 
 
 def test_evaluate_translate_and_plot(trained_run, tmp_path):
-    run_dir = trained_run[0]
+    run_dir = trained_run
     pairs = tmp_path / "pairs.tsv"  # the user's own parallel file: korean<TAB>english, 60 lines
     from keras_transformer.data import load_bundled_corpus
 
@@ -117,7 +90,7 @@ def test_evaluate_translate_and_plot(trained_run, tmp_path):
 def test_the_readme_main_job_exports_both_artefacts_from_the_command_line(trained_run, tmp_path):
     """The README's main job ends with `export --format saved_model` and `export --format tflite --quantize dynamic`:
     TF Serving's layout, a .tflite file with the tokenizers beside it, and both translate like the run directory."""
-    run_dir, exports = trained_run[0], tmp_path / "exports"
+    run_dir, exports = trained_run, tmp_path / "exports"
     for fmt in (["--format", "saved_model"], ["--format", "tflite", "--quantize", "dynamic"]):
         out = cli("export", "--model", str(run_dir), *fmt, "--out", str(exports))
         assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]

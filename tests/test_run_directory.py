@@ -13,19 +13,7 @@ import pytest
 from keras_transformer.files import FileWriteError, atomic_write, atomic_write_json
 from keras_transformer.run_directory import RunDirectory, RunDirectoryError
 
-ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
-STEPS = 12
-RUN = ["--preset", "tiny", "--train-limit", "2000", "--source-vocab-size", "1000", "--target-vocab-size", "800",
-       "--steps-per-epoch", str(STEPS), "--dev-bleu-sentences", "20", "--warmup-steps", "20", "--lr-scale", "0.1",
-       "--tokens-per-batch", "1024", "--time-limit", "10", "--no-evaluate"]
-
-
-def train(runs, epochs, fault=None):
-    env = {k: v for k, v in ENV.items() if k != "KERAS_TRANSFORMER_FAULT"}
-    if fault:
-        env["KERAS_TRANSFORMER_FAULT"] = fault
-    return subprocess.run([sys.executable, "-m", "keras_transformer", "train", "--runs-dir", str(runs), "--run-name", "r",
-                           *RUN, "--epochs", str(epochs)], capture_output=True, text=True, env=env, timeout=400)
+from conftest import CLI_ENV as ENV, RUN, STEPS, train_cli as train
 
 
 def check_consistent(run_dir, complete):
@@ -50,24 +38,23 @@ def check_consistent(run_dir, complete):
         load_seq2seq_lm(run_dir)  # loads alone
 
 
-@pytest.mark.parametrize(
-    "faults",
-    [
-        # Killed while saving the best model (epoch 1 always is the best so far), while writing the history, inside
-        # the dev-BLEU pass, mid-epoch and while switching the backup: each time, the same command resumes it.
-        ["replace:model.keras:1", "replace:history.json:1", "dev_bleu:1", "batch:5", "replace:latest.json:1"],
-    ],
-)
-def test_sigkill_at_any_point_resumes_consistently(tmp_path, faults):
-    runs = tmp_path / "runs"
-    for fault in faults:
-        killed = train(runs, epochs=3, fault=fault)
-        assert killed.returncode == -signal.SIGKILL, (fault, killed.stdout[-1500:], killed.stderr[-1500:])
-        check_consistent(runs / "r", complete=False)
-    done = train(runs, epochs=3)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    check_consistent(runs / "r", complete=True)
-    assert len(RunDirectory(runs / "r").read_history()) == 3
+def test_sigkill_at_any_point_resumes_consistently(killed_run):
+    """The shared `killed_run` (conftest.FAULTS): after every kill the run directory is consistent; the same command
+    finishes it; the finished epochs are never redone and the step count continues."""
+    *kills, finished = killed_run["results"]
+    for kill, snapshot in zip(kills, killed_run["snapshots"]):
+        assert kill["returncode"] == -signal.SIGKILL, kill
+        check_consistent(snapshot, complete=False)
+    assert finished["returncode"] == 0, finished["output"]
+    run_dir = killed_run["run_dir"]
+    check_consistent(run_dir, complete=True)
+    history = RunDirectory(run_dir).read_history()
+    assert [h["step"] for h in history] == [STEPS, 2 * STEPS, 3 * STEPS]  # the optimizer's step counter survived
+    first_epoch = RunDirectory(killed_run["snapshots"][0]).read_history()
+    assert [h["epoch"] for h in first_epoch] == [1] and history[0] == first_epoch[0]  # epoch 1 was not redone
+    assert history[-1]["loss"] < history[0]["loss"]
+    for name in ("config.json", "source.model", "target.model", "model.keras", "backup", "logs"):
+        assert (run_dir / name).exists(), name
 
 
 def test_a_second_trainer_is_refused_and_a_stale_lock_taken_over(tmp_path):
