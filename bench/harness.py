@@ -27,7 +27,7 @@ import sys
 import time
 from pathlib import Path
 
-from keras_transformer.runtime import XLA_FUSION_FLAGS
+from keras_transformer.runtime import XLA_FUSION_FLAGS, cpu_info
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -169,18 +169,11 @@ def describe_machine():
     """The host a run measured: name, CPU model, core count, and whether the CPU has the bfloat16 matmul
     instructions that make mixed_bfloat16 pay on CPU (AMX-BF16, AVX512-BF16), from /proc/cpuinfo."""
     machine = {"host": platform.node(), "cpu_model": platform.processor() or platform.machine(), "cpus": os.cpu_count()}
-    try:
-        cpuinfo = Path("/proc/cpuinfo").read_text()
-    except OSError:
+    cpu = cpu_info()
+    if cpu is None:
         return machine
-    flags = set()
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "model name":
-            machine["cpu_model"] = value.strip()
-        elif key.strip() == "flags":
-            flags.update(value.split())
-    machine.update(amx_bf16="amx_bf16" in flags, avx512_bf16="avx512_bf16" in flags)
+    machine["cpu_model"] = cpu["model_name"] or machine["cpu_model"]
+    machine.update(amx_bf16="amx_bf16" in cpu["flags"], avx512_bf16="avx512_bf16" in cpu["flags"])
     return machine
 
 

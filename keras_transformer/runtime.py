@@ -1,4 +1,5 @@
-"""Process-wide TensorFlow runtime settings that the library chooses for speed, in one place.
+"""Process-wide TensorFlow runtime settings that the library chooses for speed, in one place, and what the CPU
+offers (`cpu_info`), which those choices depend on.
 
 TensorFlow reads these from environment variables once per process, when it first lists devices or optimizes a
 graph; so they are set here, before that, by the commands that need them. Nothing here imports TensorFlow.
@@ -9,6 +10,24 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
+
+
+def cpu_info(text=None) -> dict | None:
+    """This machine's CPU from /proc/cpuinfo (or from `text`, its contents): `vendor_id`, `model_name` and `flags`
+    (a frozenset: `amx_bf16`, `avx512_vnni`, ...; empty where the file has no flags line) of the first processor.
+    None where there is no /proc/cpuinfo (not Linux)."""
+    if text is None:
+        try:
+            text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return None
+    fields = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())
+    return {"vendor_id": fields.get("vendor_id", ""), "model_name": fields.get("model name", ""),
+            "flags": frozenset(fields.get("flags", "").split())}
 
 # XLA auto-clustering restricted to element-wise/reduction ("fusible") ops; see TrainingConfig.xla_fusion.
 XLA_FUSION_FLAGS = "--tf_xla_auto_jit=2 --tf_xla_cpu_global_jit --tf_xla_ops_to_cluster=FUSIBLE"

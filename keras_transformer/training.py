@@ -34,11 +34,10 @@ def resolve_precision(precision: str) -> str:
 
     if tf.config.list_physical_devices("GPU"):
         return "mixed_bfloat16"
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "float32"
-    return "mixed_bfloat16" if ("amx_bf16" in flags or "avx512_bf16" in flags) else "float32"
+    from keras_transformer.runtime import cpu_info
+
+    flags = (cpu_info() or {}).get("flags", frozenset())
+    return "mixed_bfloat16" if {"amx_bf16", "avx512_bf16"} & flags else "float32"
 
 
 def train(settings: TrainingConfig, run_dir, train_corpus, dev_corpus, verbose=None, extra_callbacks=(), strategy=None):

@@ -44,6 +44,7 @@ def test_sigkill_at_any_point_resumes_consistently(killed_run):
     *kills, finished = killed_run["results"]
     for kill, snapshot in zip(kills, killed_run["snapshots"]):
         assert kill["returncode"] == -signal.SIGKILL, kill
+        assert snapshot.is_dir(), f"no run directory after the kill at {kill['fault']}"
         check_consistent(snapshot, complete=False)
     assert finished["returncode"] == 0, finished["output"]
     run_dir = killed_run["run_dir"]

@@ -282,3 +282,26 @@ def json_history_steps(run_dir):
     import json
 
     return [entry["step"] for entry in json.loads((run_dir / "history.json").read_text())]
+
+
+def test_cpu_info_reads_the_first_processor_and_auto_precision_follows_its_flags(monkeypatch):
+    import keras_transformer.runtime as runtime
+    import tensorflow as tf
+
+    from keras_transformer.training import resolve_precision
+
+    text = ("processor\t: 0\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512_bf16\n\n"
+            "processor\t: 1\nvendor_id\t: AuthenticAMD\nmodel name\t: AMD EPYC\nflags\t\t: fpu avx2 avx512_bf16\n")
+    assert runtime.cpu_info(text) == {"vendor_id": "AuthenticAMD", "model_name": "AMD EPYC",
+                                      "flags": frozenset({"fpu", "avx2", "avx512_bf16"})}
+    assert runtime.cpu_info("processor\t: 0\n")["flags"] == frozenset()
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("auto precision is mixed_bfloat16 on any GPU")
+    parse = runtime.cpu_info
+    monkeypatch.setattr(runtime, "cpu_info", lambda: parse(text))
+    assert resolve_precision("auto") == "mixed_bfloat16"
+    monkeypatch.setattr(runtime, "cpu_info", lambda: {"vendor_id": "", "model_name": "", "flags": frozenset({"avx2"})})
+    assert resolve_precision("auto") == "float32"
+    monkeypatch.setattr(runtime, "cpu_info", lambda: None)
+    assert resolve_precision("auto") == "float32"
+    assert resolve_precision("float32") == "float32"

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import functools
 import gzip
 import io
-import functools
 import os
 import random
 import unicodedata

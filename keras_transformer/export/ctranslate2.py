@@ -322,23 +322,18 @@ def int8_kernels_saturate(cpuinfo=None, environ=None) -> bool:
     tiny test model, 200 dev sentences: 6 outputs of the int8 model equal float32 Keras greedy; the same int8 weights
     computed in float32 give 171; MKL's int8 (`CT2_USE_MKL=1`) gives 165 but decodes the small preset 6x slower than
     oneDNN's int8 (23 vs 141 sentences/s at batch 32). Intel CPUs without VNNI (MKL's int8) were not measured and are
-    not flagged. `cpuinfo`: the text of /proc/cpuinfo (read when None; False where there is none)."""
+    not flagged. `cpuinfo`: the text of /proc/cpuinfo (read when None; False where there is none, see
+    `runtime.cpu_info`)."""
+    from keras_transformer.runtime import cpu_info
+
     environ = os.environ if environ is None else environ
-    if cpuinfo is None:
-        try:
-            cpuinfo = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            return False
-    fields = {}
-    for line in cpuinfo.splitlines():
-        key, _, value = line.partition(":")
-        fields.setdefault(key.strip(), value.strip())
-    if "flags" not in fields:
+    cpu = cpu_info(cpuinfo)
+    if cpu is None or not cpu["flags"]:  # nothing known about the CPU: no claim
         return False
     use_mkl = environ.get("CT2_USE_MKL", "").strip().lower()
-    if use_mkl in ("1", "true", "on", "yes") or (not use_mkl and fields.get("vendor_id") == "GenuineIntel"):
+    if use_mkl in ("1", "true", "on", "yes") or (not use_mkl and cpu["vendor_id"] == "GenuineIntel"):
         return False
-    return not set(_VNNI_FLAGS) & set(fields["flags"].split())
+    return not set(_VNNI_FLAGS) & cpu["flags"]
 
 
 def resolve_compute_type(compute_type, quantize, device="cpu", saturates=None):
@@ -346,9 +341,12 @@ def resolve_compute_type(compute_type, quantize, device="cpu", saturates=None):
     (`"default"`), except that int8/int16 weights are computed in float32 on a CPU where int8 kernels saturate
     (`int8_kernels_saturate`, or `saturates` when given); the file stays small and the outputs stay those of the
     int8 weights. Any other value is passed on; an int8 compute type named on such a CPU gets a warning."""
-    on_cpu = device == "cpu"
+
+    def saturating():
+        return device == "cpu" and (int8_kernels_saturate() if saturates is None else saturates)
+
     if compute_type != "auto":
-        if on_cpu and "int8" in compute_type and (int8_kernels_saturate() if saturates is None else saturates):
+        if "int8" in compute_type and saturating():
             warnings.warn(
                 f"compute_type={compute_type!r} on a CPU without VNNI: CTranslate2's int8 matrix products saturate "
                 "here, so most outputs differ from the float32 model. compute_type='auto' computes int8 weights in "
@@ -356,7 +354,7 @@ def resolve_compute_type(compute_type, quantize, device="cpu", saturates=None):
                 stacklevel=3,
             )
         return compute_type
-    if on_cpu and quantize in ("int8", "int16") and (int8_kernels_saturate() if saturates is None else saturates):
+    if quantize in ("int8", "int16") and saturating():
         warnings.warn(
             "This CPU has no VNNI, and CTranslate2's int8 matrix products on it saturate (most outputs then differ "
             "from the float32 model): the int8 weights are computed in float32 (the outputs of the int8 weights, at "
