@@ -98,6 +98,24 @@ def test_run_directory_model_is_a_task_with_its_tokenizers_and_no_optimizer_stat
     assert size < 1.5 * weights_bytes + 200_000, (size, weights_bytes)  # Adam would add 2x the weights
 
 
+def test_inference_model_saves_the_same_logits_with_or_without_an_optimizer(lm, tmp_path):
+    """`save_inference_model` writes a task without an optimizer as it is, and one that has an optimizer through an
+    uncompiled copy: both files load alone, give the task's logits and hold no optimizer state."""
+    from keras_transformer.run_directory import load_seq2seq_lm, save_inference_model
+
+    inputs = {"encoder_inputs": np.array([[5, 9, 14, 3]], np.int32), "decoder_inputs": np.array([[2, 7, 11]], np.int32)}
+    expected = keras.ops.convert_to_numpy(lm.backbone(inputs))
+    plain = TransformerSeq2SeqLM(lm.backbone, lm.preprocessor, compile=False)
+    compiled = TransformerSeq2SeqLM(lm.backbone, lm.preprocessor)
+    compiled.compile(optimizer=keras.optimizers.Adam())
+    compiled.optimizer.build(compiled.trainable_variables)  # Adam's two slots per weight exist: saved, they would show
+    weights_bytes = sum(w.size * 4 for w in lm.backbone.get_weights())
+    for name, task in (("plain", plain), ("compiled", compiled)):
+        path = save_inference_model(task, tmp_path / f"{name}.keras")
+        np.testing.assert_allclose(keras.ops.convert_to_numpy(load_seq2seq_lm(path).backbone(inputs)), expected, atol=1e-6)
+        assert path.stat().st_size < 1.5 * weights_bytes + 200_000, (name, path.stat().st_size)
+
+
 def test_generate_uses_our_decoder_and_the_keras_hub_sampler_names(lm):
     from keras_transformer.translator import Translator
 
