@@ -2,20 +2,12 @@
 does not take."""
 
 import dataclasses
-import os
-import subprocess
-import sys
 
 import pytest
 
+from conftest import cli_in_process
 from keras_transformer import cli
 from keras_transformer.config import TrainingConfig
-
-ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-
-
-def run(*args, timeout=300):
-    return subprocess.run([sys.executable, "-m", "keras_transformer", *args], capture_output=True, text=True, env=ENV, timeout=timeout)
 
 
 def test_every_training_setting_is_a_flag_with_its_default_in_the_help():
@@ -58,18 +50,18 @@ def test_max_length_is_one_setting():
 
 
 def test_translate_and_evaluate_take_the_options_of_their_decoding(tiny_run_dir, tmp_path):
-    beam = run("translate", "--model", str(tiny_run_dir), "--beam-size", "4", "설정", "파일을 열 수 없습니다")
+    beam = cli_in_process("translate", "--model", str(tiny_run_dir), "--beam-size", "4", "설정", "파일을 열 수 없습니다")
     assert beam.returncode == 0, beam.stderr[-2000:]
     assert len(beam.stdout.splitlines()) == 2
     from keras_transformer.translator import Translator
 
     expected = Translator.load(tiny_run_dir).translate(["설정", "파일을 열 수 없습니다"], decoding="beam", beam_size=4)
     assert beam.stdout.splitlines() == expected
-    wrong = run("translate", "--model", str(tiny_run_dir), "--decoding", "greedy", "--top-k", "3", "설정")
+    wrong = cli_in_process("translate", "--model", str(tiny_run_dir), "--decoding", "greedy", "--top-k", "3", "설정")
     assert wrong.returncode == 2 and "greedy decoding does not take top_k" in wrong.stderr and "Traceback" not in wrong.stderr
     pairs = tmp_path / "pairs.tsv"
     pairs.write_text("설정\tSettings\n파일을 열 수 없습니다\tCannot open the file\n", encoding="utf-8")
-    evaluated = run("evaluate", "--model", str(tiny_run_dir), "--data", str(pairs), "--beam-size", "3", "--alpha", "0.2",
+    evaluated = cli_in_process("evaluate", "--model", str(tiny_run_dir), "--data", str(pairs), "--beam-size", "3", "--alpha", "0.2",
                     "--out", str(tmp_path / "eval"))
     assert evaluated.returncode == 0, evaluated.stderr[-2000:]
     import json
@@ -103,10 +95,10 @@ def test_bring_your_own_language_pair_with_swapped_columns(tmp_path):
         # English in column 0, German in column 1: the source is column 1.
         (tmp_path / name).write_text("".join(f"{en}\t{de}\n" for en, de in _synthetic_pairs(count, seed)), encoding="utf-8")
     runs = tmp_path / "runs"
-    out = run("train", "--runs-dir", str(runs), "--run-name", "de-en", "--train", str(tmp_path / "my.tsv"),
+    out = cli_in_process("train", "--runs-dir", str(runs), "--run-name", "de-en", "--train", str(tmp_path / "my.tsv"),
               "--dev", str(tmp_path / "my_dev.tsv"), "--source-column", "1", "--target-column", "0", "--preset", "tiny",
               "--steps-per-epoch", "30", "--epochs", "2", "--dev-bleu-sentences", "20", "--tokens-per-batch", "1024",
-              "--warmup-steps", "20", "--lr-scale", "0.3", "--time-limit", "5", timeout=600)
+              "--warmup-steps", "20", "--lr-scale", "0.3", "--time-limit", "5")
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "does not fit these 800 sentences" in out.stderr  # 8,000 pieces asked for, fewer trained
     assert "Dev BLEU" in out.stdout and (runs / "de-en" / "eval-dev" / "report.json").exists()
@@ -116,6 +108,6 @@ def test_bring_your_own_language_pair_with_swapped_columns(tmp_path):
     dev = load_bundled_corpus("dev").head(30)  # Korean sources: this model's source side is German
     korean_pairs = tmp_path / "korean.tsv"
     korean_pairs.write_text("".join(f"{s}\t{t}\n" for s, t in zip(dev.sources, dev.targets)), encoding="utf-8")
-    korean = run("evaluate", "--model", str(runs / "de-en"), "--data", str(korean_pairs), "--out", str(tmp_path / "ko"))
+    korean = cli_in_process("evaluate", "--model", str(runs / "de-en"), "--data", str(korean_pairs), "--out", str(tmp_path / "ko"))
     assert korean.returncode == 0, korean.stderr[-2000:]
     assert "may be in the wrong language" in korean.stderr and "--source-column" in korean.stderr

@@ -530,8 +530,7 @@ def test_averaged_real_run_translates(trained_tiny_run):
 
     run_dir = trained_tiny_run
     assert sorted(p.name for p in (run_dir / "checkpoints").glob("*.npz")) == [f"epoch-000{i}.npz" for i in (1, 2, 3)]
-    done = subprocess.run([sys.executable, "-m", "keras_transformer", "average", "--model", str(run_dir), "--last", "3"],
-                          capture_output=True, text=True, env=ENV, timeout=120)
+    done = cli_in_process("average", "--model", run_dir, "--last", "3")
     assert done.returncode == 0, done.stderr[-2000:]
     assert str(run_dir / "averaged.keras") in done.stdout
 

@@ -9,6 +9,7 @@ import textwrap
 import numpy as np
 import pytest
 
+from conftest import cli_in_process
 from keras_transformer.data import load_bundled_corpus
 from keras_transformer.evaluation import corpus_scores
 from keras_transformer.export.saved_model import export_saved_model, next_version
@@ -116,8 +117,7 @@ def test_one_translate_command_for_all_three_artefacts(tiny_run_dir, saved_model
     sentences = ["설정", "파일을 열 수 없습니다", "어제 카페 갔었어 거기 사람 많더라"]
     outputs = {}
     for name, path in (("keras", tiny_run_dir), ("saved_model", saved_model_dir.parent), ("tflite", tflite_models["none"])):
-        out = subprocess.run([sys.executable, "-m", "keras_transformer", "translate", "--model", str(path), *sentences],
-                             capture_output=True, text=True, env=ENV, timeout=300)
+        out = cli_in_process("translate", "--model", path, *sentences)
         assert out.returncode == 0, out.stderr[-2000:]
         outputs[name] = out.stdout
     assert outputs["keras"] == outputs["saved_model"] == outputs["tflite"]

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import train_command
+from conftest import cli_in_process, train_command
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
 TINY_RUN = [
@@ -50,7 +50,7 @@ def test_restart_with_different_settings_is_refused_without_writing(trained_run)
     run_dir = trained_run
     before = sorted(p.name for p in run_dir.iterdir())
     config_before = (run_dir / "config.json").read_text()
-    out = cli(*train_command(run_dir.parent, 3)[3:], "--set", "num_layers=3")
+    out = cli_in_process(*train_command(run_dir.parent, 3)[3:], "--set", "num_layers=3")
     assert out.returncode == 2
     assert "different settings" in out.stderr and "model.num_layers" in out.stderr
     assert "Traceback" not in out.stderr
@@ -65,22 +65,22 @@ def test_evaluate_translate_and_plot(trained_run, tmp_path):
 
     dev = load_bundled_corpus("dev").head(60)
     pairs.write_text("".join(f"{s}\t{t}\n" for s, t in zip(dev.sources, dev.targets)), encoding="utf-8")
-    out = cli("evaluate", "--model", str(run_dir), "--data", str(pairs), "--out", str(tmp_path / "eval"))
+    out = cli_in_process("evaluate", "--model", str(run_dir), "--data", str(pairs), "--out", str(tmp_path / "eval"))
     assert out.returncode == 0, out.stderr
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert report["sentences"] == 60 and 0.0 <= report["bleu"] <= 100.0 and "chrf" in report
     assert len((tmp_path / "eval" / "hypotheses.txt").read_text(encoding="utf-8").splitlines()) == 60
 
-    from_args = cli("translate", "--model", str(run_dir), "설정", "파일을 열 수 없습니다")
+    from_args = cli_in_process("translate", "--model", str(run_dir), "설정", "파일을 열 수 없습니다")
     assert from_args.returncode == 0, from_args.stderr
     assert len(from_args.stdout.splitlines()) == 2
-    from_stdin = cli("translate", "--model", str(run_dir), stdin="설정\n\n파일을 열 수 없습니다\n")
+    from_stdin = cli_in_process("translate", "--model", str(run_dir), stdin="설정\n\n파일을 열 수 없습니다\n")
     assert from_stdin.stdout == from_args.stdout  # blank lines are skipped, same translations
     source_file = tmp_path / "sources.txt"
     source_file.write_text("설정\n파일을 열 수 없습니다\n", encoding="utf-8")
-    assert cli("translate", "--model", str(run_dir), "--file", str(source_file)).stdout == from_args.stdout
+    assert cli_in_process("translate", "--model", str(run_dir), "--file", str(source_file)).stdout == from_args.stdout
 
-    plots = cli("plot", "all", "--model", str(run_dir), "--out", str(tmp_path / "plots"))
+    plots = cli_in_process("plot", "all", "--model", str(run_dir), "--out", str(tmp_path / "plots"))
     assert plots.returncode == 0, plots.stderr
     names = sorted(p.name for p in (tmp_path / "plots").glob("*.png"))
     assert {"positional_encoding.png", "learning_rate.png", "training_curves.png"} <= set(names)
@@ -92,16 +92,16 @@ def test_the_readme_main_job_exports_both_artefacts_from_the_command_line(traine
     TF Serving's layout, a .tflite file with the tokenizers beside it, and both translate like the run directory."""
     run_dir, exports = trained_run, tmp_path / "exports"
     for fmt in (["--format", "saved_model"], ["--format", "tflite", "--quantize", "dynamic"]):
-        out = cli("export", "--model", str(run_dir), *fmt, "--out", str(exports))
+        out = cli_in_process("export", "--model", str(run_dir), *fmt, "--out", str(exports))
         assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert (exports / "translator" / "1" / "saved_model.pb").exists()
     assert (exports / "translator.tflite").stat().st_size > 0 and (exports / "translator.source.model").exists()
     sentences = ["설정", "파일을 열 수 없습니다"]
-    keras_out = cli("translate", "--model", str(run_dir), *sentences)
-    served = cli("translate", "--model", str(exports / "translator"), *sentences)
+    keras_out = cli_in_process("translate", "--model", str(run_dir), *sentences)
+    served = cli_in_process("translate", "--model", str(exports / "translator"), *sentences)
     assert keras_out.returncode == served.returncode == 0, keras_out.stderr[-2000:] + served.stderr[-2000:]
     assert served.stdout == keras_out.stdout and len(served.stdout.splitlines()) == 2
-    mobile = cli("translate", "--model", str(exports / "translator.tflite"), *sentences)  # int8 weights: may differ
+    mobile = cli_in_process("translate", "--model", str(exports / "translator.tflite"), *sentences)  # int8 weights: may differ
     assert mobile.returncode == 0 and len(mobile.stdout.splitlines()) == 2, mobile.stderr[-2000:]
 
 

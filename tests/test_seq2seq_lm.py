@@ -26,7 +26,7 @@ from keras_transformer.layers import (
 )
 from layer_test_case import run_layer_test
 
-from conftest import tiny
+from conftest import cli_in_process, tiny
 
 ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
 X = np.random.default_rng(0).normal(size=(2, 5, 16)).astype("float32")
@@ -216,8 +216,7 @@ def test_run_directory_of_the_previous_version_loads_with_a_warning(lm, tiny_run
         translator = Translator.load(old)
     sentences = ["파일을 열 수 없습니다", "설정"]
     assert translator.translate(sentences) == Translator(lm).translate(sentences)
-    upgraded = subprocess.run([sys.executable, "-m", "keras_transformer", "upgrade", "--model", str(old)],
-                              capture_output=True, text=True, env=ENV, timeout=240)
+    upgraded = cli_in_process("upgrade", "--model", old)
     assert upgraded.returncode == 0, upgraded.stderr[-2000:]
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # no conversion warning any more: the file is a TransformerSeq2SeqLM now
