@@ -154,12 +154,12 @@ def test_fit_on_raw_string_pairs_through_the_preprocessor(lm):
     assert x["encoder_inputs"].numpy()[0].tolist() == lm.preprocessor.encode_sources(["설정"])[0]
 
 
+# Loads a preset (argv[1]) and a .keras file (argv[2]) in a process of its own: each must bring everything it needs.
 FRESH_PROCESS = """
 import json, sys
 from keras_transformer import TransformerSeq2SeqLM, load_model
-path, kind = sys.argv[1], sys.argv[2]
-lm = TransformerSeq2SeqLM.from_preset(path) if kind == "preset" else load_model(path)
-print(json.dumps(lm.generate(["파일을 열 수 없습니다", "설정"])))
+models = {"preset": TransformerSeq2SeqLM.from_preset(sys.argv[1]), "keras": load_model(sys.argv[2])}
+print(json.dumps({kind: lm.generate(["파일을 열 수 없습니다", "설정"]) for kind, lm in models.items()}))
 """
 
 
@@ -173,11 +173,10 @@ def test_preset_and_keras_file_translate_alone_in_a_fresh_process(lm, tmp_path):
     alone.mkdir()
     keras_file = alone / "model.keras"
     lm.save(keras_file)
-    for path, kind in ((preset, "preset"), (keras_file, "keras")):
-        out = subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(path), kind], capture_output=True, text=True,
-                             env=ENV, timeout=240, cwd=tmp_path)
-        assert out.returncode == 0, out.stderr[-2000:]
-        assert json.loads(out.stdout.strip().splitlines()[-1]) == expected, kind
+    out = subprocess.run([sys.executable, "-c", FRESH_PROCESS, str(preset), str(keras_file)], capture_output=True,
+                         text=True, env=ENV, timeout=240, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == {"preset": expected, "keras": expected}
 
 
 def test_missing_or_corrupt_preset_gives_a_clear_error(lm, tmp_path):
