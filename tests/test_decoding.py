@@ -12,8 +12,16 @@ from keras_transformer.translator import Translator, pad_batch
 
 
 @pytest.fixture(scope="module")
-def translator(tiny_run_dir):
-    return Translator.load(tiny_run_dir)
+def task(tiny_run_dir):
+    """The trained tiny model, loaded once; each test builds the Translators it needs around it."""
+    from keras_transformer.run_directory import load_seq2seq_lm
+
+    return load_seq2seq_lm(tiny_run_dir)
+
+
+@pytest.fixture(scope="module")
+def translator(task):
+    return Translator(task)
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +42,9 @@ def test_cached_greedy_equals_full_recomputation_on_a_trained_model(translator, 
 
 
 @pytest.mark.parametrize("decoding, options, batch", [("greedy", {}, 24), ("greedy", {}, 17), ("beam", {"beam_size": 3, "alpha": 0.6}, 9)])
-def test_decoding_in_two_shards_gives_the_tokens_of_one_loop_in_batch_order(tiny_run_dir, sources, decoding, options, batch):
-    one = Translator.load(tiny_run_dir, decode_shards=1)
-    two = Translator.load(tiny_run_dir, decode_shards=2)
+def test_decoding_in_two_shards_gives_the_tokens_of_one_loop_in_batch_order(task, sources, decoding, options, batch):
+    one = Translator(task, decode_shards=1)
+    two = Translator(task, decode_shards=2)
     encoder_ids = pad_batch(one.encode_sources(sources[:batch]), max_length=one.config.max_length)
     single, single_scores = one.translate_ids(encoder_ids, decoding, **options)
 
@@ -53,9 +61,9 @@ def test_decoding_in_two_shards_gives_the_tokens_of_one_loop_in_batch_order(tiny
     assert ((single != PAD_ID) & (single != END_ID)).sum() > batch  # real tokens, not only END
 
 
-def test_sampling_is_not_sharded(tiny_run_dir, sources):
+def test_sampling_is_not_sharded(task, sources):
     """Random draws depend on the batch they are drawn for, so a sampled batch is decoded as one."""
-    two = Translator.load(tiny_run_dir, decode_shards=2)
+    two = Translator(task, decode_shards=2)
     encoder_ids = pad_batch(two.encode_sources(sources[:20]), max_length=two.config.max_length)
     two.translate_ids(encoder_ids[:1], "sample", top_k=5)
     (key,) = two._compiled
