@@ -166,8 +166,8 @@ class TrainingConfig:
         xla_fusion: let XLA fuse the element-wise and reduction ops of the train step (TensorFlow's auto-clustering
             restricted to "fusible" ops) while the matrix products stay on TensorFlow's oneDNN kernels. Off by
             default: the gain depends on the CPU and on the rest of the step. It made fixed-shape bfloat16 steps
-            22% faster on an Intel AMX machine (bench/levers.json, before the accuracy-metric change) but only 0.5%
-            on an AMD machine after it, and length-bucketed training 1% slower there (bench/results.json); it adds
+            22% faster on an Intel AMX machine in a step without the accuracy metric (bench/levers.json) but only 0.5%
+            on an AMD machine in a step with it, and length-bucketed training 1% slower there (bench/results.json); it adds
             16 s of start-up for one batch shape and about 90 s for the 9 bucket shapes, since the fused clusters
             are compiled for every shape. Measure it on your machine. It sets `TF_XLA_FLAGS`, which TensorFlow
             reads once per process when it first lists devices or optimizes a graph, so it only takes effect when

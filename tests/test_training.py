@@ -195,6 +195,8 @@ def test_fit_learns_to_reverse_sequences():
     Measured here (validation masked accuracy per epoch, three seeds): with the suggested
     `scale=2.0` the curve oscillates (epoch 8: 0.96 / 0.96 / 0.94); with `scale=1.0` it reaches
     0.97-0.995 at epoch 8 and >= 0.998 at epoch 10 for all three seeds, hence scale 1.0 and 10 epochs.
+    Those runs XLA-compiled the step; without XLA, as the library trains, the validation accuracy after 10 epochs
+    was 0.9925 / 0.960 / 0.991 for the seeds 1234 (the suite's) / 1 / 2 (2-core AMD EPYC, 2026-12-03; 15-21 s of fit).
     """
     config = TransformerConfig.from_preset("tiny", src_vocab_size=VOCAB, tgt_vocab_size=VOCAB)
     model = build_transformer(config)
@@ -202,7 +204,7 @@ def test_fit_learns_to_reverse_sequences():
         optimizer=create_optimizer(config.d_model, warmup_steps=200, scale=1.0),
         loss=MaskedSparseCategoricalCrossentropy(label_smoothing=0.0),
         metrics=[MaskedAccuracy()],
-        jit_compile=True,
+        jit_compile=False,  # as the library trains (TrainingConfig.jit_compile),
     )
     x_train, y_train = reversal_data(4096, seed=0)
     x_val, y_val = reversal_data(512, seed=1)
