@@ -1,7 +1,7 @@
 """Train a translator through the Python API, the way your own script would.
 
 Same as `keras-transformer train` with its defaults: the `small` preset on the bundled ko-en corpus, then a
-test-set evaluation and a few translations. Change the settings below, or pass --quick for a 2-minute smoke run.
+test-set evaluation and a few translations. Change the settings below, or pass --quick for a smoke run of 40 steps.
 
     python scripts/train.py [--quick] [--run-dir saved_models/ko-en-small-api]
 """
