@@ -100,7 +100,7 @@ def cli_in_process(*args, stdin=""):
         try:
             code = cli.main([str(a) for a in args])
         except SystemExit as exit_:  # argparse refusing the arguments
-            code = exit_.code if isinstance(exit_.code, int) else 1
+            code = 0 if exit_.code is None else exit_.code if isinstance(exit_.code, int) else 1
     return subprocess.CompletedProcess(["keras-transformer", *map(str, args)], code, out.getvalue(), err.getvalue())
 
 

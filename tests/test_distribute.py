@@ -170,13 +170,13 @@ np.savez(out / f"weights-{index}.npz", *model.get_weights())
 write(event="end", iterations=int(model.optimizer.iterations.numpy()))
 """
 
-# Starts the two workers on 127.0.0.1 (free ports), optionally SIGKILLs worker 1 in the middle of epoch 2, then
+# Starts the two workers on 127.0.0.1 (free ports), SIGKILLs worker 1 in the middle of epoch 2, then
 # restarts both with the same command. Enforces its own deadlines and never leaves a worker behind.
 LAUNCHER_SCRIPT = """
 import json, os, signal, socket, subprocess, sys, time
 from pathlib import Path
-mode, worker, out = sys.argv[1], sys.argv[2], Path(sys.argv[3])
-steps, epochs, pause, deadline_s = int(sys.argv[4]), int(sys.argv[5]), sys.argv[6], float(sys.argv[7])
+worker, out = sys.argv[1], Path(sys.argv[2])
+steps, epochs, pause, deadline_s = int(sys.argv[3]), int(sys.argv[4]), sys.argv[5], float(sys.argv[6])
 deadline = time.time() + deadline_s
 ports = []
 sockets = [socket.socket() for _ in range(2)]
@@ -214,28 +214,27 @@ def iterations(i):
     return max([json.loads(l)["iterations"] for l in lines if '"batch"' in l] or [0])
 
 procs = start(0)
-if mode == "kill":
-    target = steps + steps // 2
-    while time.time() < deadline and iterations(1) < target and all(p.poll() is None for p in procs):
-        time.sleep(0.05)
-    if iterations(1) < target:
-        for p in procs:
-            p.kill()
-        print("LAUNCHER " + json.dumps({**report, "error": "worker 1 never reached the middle of epoch 2",
-                                        "early_exit": [p.poll() for p in procs]}))
-        sys.exit(1)
-    procs[1].send_signal(signal.SIGKILL)
-    procs[1].wait()
-    report["killed_at"] = iterations(1)
-    # Worker 0 now waits for its peer in a collective; a cluster manager restarts the whole job: so do we.
-    try:
-        procs[0].wait(timeout=2)
-        report["worker_0_exited_by_itself"] = True
-    except subprocess.TimeoutExpired:
-        procs[0].kill()
-        report["worker_0_exited_by_itself"] = False
-    wait(procs)
-    procs = start(1)
+target = steps + steps // 2
+while time.time() < deadline and iterations(1) < target and all(p.poll() is None for p in procs):
+    time.sleep(0.05)
+if iterations(1) < target:
+    for p in procs:
+        p.kill()
+    print("LAUNCHER " + json.dumps({**report, "error": "worker 1 never reached the middle of epoch 2",
+                                    "early_exit": [p.poll() for p in procs]}))
+    sys.exit(1)
+procs[1].send_signal(signal.SIGKILL)
+procs[1].wait()
+report["killed_at"] = iterations(1)
+# Worker 0 now waits for its peer in a collective; a cluster manager restarts the whole job: so do we.
+try:
+    procs[0].wait(timeout=2)
+    report["worker_0_exited_by_itself"] = True
+except subprocess.TimeoutExpired:
+    procs[0].kill()
+    report["worker_0_exited_by_itself"] = False
+wait(procs)
+procs = start(1)
 wait(procs)
 print("LAUNCHER " + json.dumps(report))
 """
@@ -376,9 +375,9 @@ def _events(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def _launch(tmp_path, mode, steps, epochs, pause, deadline=200):
+def _launch(tmp_path, steps, epochs, pause, deadline=200):
     (tmp_path / "worker.py").write_text(textwrap.dedent(WORKER_SCRIPT))
-    done = _run(tmp_path, "launcher", LAUNCHER_SCRIPT, mode, tmp_path / "worker.py", tmp_path, steps, epochs, pause,
+    done = _run(tmp_path, "launcher", LAUNCHER_SCRIPT, tmp_path / "worker.py", tmp_path, steps, epochs, pause,
                 deadline, timeout=deadline + 60, prefix=_isolated_network_prefix())
     logs = "\n".join(f"--- {p.name}\n{p.read_text()[-1500:]}" for p in sorted(tmp_path.glob("worker-*.log")))
     assert done.returncode == 0, f"{done.stdout[-2000:]}\n{done.stderr[-2000:]}\n{logs}"
@@ -393,7 +392,7 @@ def killed_workers(tmp_path_factory):
     """Two workers of 3 epochs x 6 steps; worker 1 is SIGKILLed in the middle of epoch 2 and both are restarted with
     the same command until they finish."""
     tmp_path = tmp_path_factory.mktemp("workers")
-    report, logs = _launch(tmp_path, "kill", steps=STEPS, epochs=EPOCHS, pause=0.2)
+    report, logs = _launch(tmp_path, steps=STEPS, epochs=EPOCHS, pause=0.2)
     return tmp_path, report, logs
 
 

@@ -2,7 +2,6 @@
 that `train` made (the shared killed-and-resumed run of conftest); and the errors a user meets with bad input."""
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -11,9 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import cli_in_process, train_command
+from conftest import CLI_ENV as ENV, cli_in_process, train_command
 
-ENV = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONUNBUFFERED": "1"}
 TINY_RUN = [
     "--preset", "tiny", "--train-limit", "3000", "--source-vocab-size", "1500", "--target-vocab-size", "1000",
     "--steps-per-epoch", "15", "--dev-bleu-sentences", "40", "--warmup-steps", "30", "--lr-scale", "0.1",
@@ -22,11 +20,9 @@ TINY_RUN = [
 ]
 
 
-def cli(*args, cwd=None, timeout=300, stdin=None):
-    return subprocess.run(
-        [sys.executable, "-m", "keras_transformer", *args],
-        capture_output=True, text=True, env=ENV, cwd=cwd, timeout=timeout, input=stdin,
-    )
+def cli(*args):
+    """`keras-transformer ARGS` in a process of its own (for what must fail before TensorFlow is imported)."""
+    return subprocess.run([sys.executable, "-m", "keras_transformer", *args], capture_output=True, text=True, env=ENV, timeout=300)
 
 
 @pytest.fixture(scope="module")

@@ -204,7 +204,7 @@ def test_fit_learns_to_reverse_sequences():
         optimizer=create_optimizer(config.d_model, warmup_steps=200, scale=1.0),
         loss=MaskedSparseCategoricalCrossentropy(label_smoothing=0.0),
         metrics=[MaskedAccuracy()],
-        jit_compile=False,  # as the library trains (TrainingConfig.jit_compile),
+        jit_compile=False,  # as the library trains (TrainingConfig.jit_compile)
     )
     x_train, y_train = reversal_data(4096, seed=0)
     x_val, y_val = reversal_data(512, seed=1)
