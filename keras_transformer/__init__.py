@@ -25,6 +25,7 @@ _EXPORTS = {
     "TransformerSeq2SeqLMPreprocessor": "keras_transformer.preprocessor",
     "SubwordTokenizer": "keras_transformer.data.tokenizer",
     "create_optimizer": "keras_transformer.optimizers",
+    "FusedAdam": "keras_transformer.optimizers",
     "WarmupSchedule": "keras_transformer.schedules",
     "Translator": "keras_transformer.translator",
     "TrainingConfig": "keras_transformer.config",
