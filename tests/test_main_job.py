@@ -171,7 +171,7 @@ def test_xla_fusion_clusters_element_wise_ops_only_when_on(tmp_path, fusion):
         args.append("--xla-fusion")
     env = {k: v for k, v in ENV.items() if k != "TF_XLA_FLAGS"}
     out = subprocess.run([sys.executable, "-m", "keras_transformer", *args], capture_output=True, text=True, timeout=300,
-                         env={**env, "XLA_FLAGS": f"--xla_dump_to={dump}"})
+                         env={**env, "XLA_FLAGS": f"{env.get('XLA_FLAGS', '')} --xla_dump_to={dump}".strip()})  # + conftest's fast-compile flags
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     clusters = [p.name for p in dump.glob("*cluster_*")] if dump.exists() else []
     assert bool(clusters) == fusion, clusters[:3]
