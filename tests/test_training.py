@@ -76,8 +76,9 @@ def test_create_optimizer_uses_paper_adam_settings():
 
 
 def _adam_trajectory(make_optimizer, steps=4, mirrored=False):
-    """Weights of a tiny two-layer model after `steps` of `fit` (graph mode) on fixed data, one batch per step;
-    `mirrored`: built and trained under a one-device MirroredStrategy (mirrored variables, distributed update)."""
+    """Weights of a tiny two-layer model before and after `steps` of `fit` (graph mode) on fixed data, one batch per
+    step, and the optimizer's step count; `mirrored`: built and trained under a one-device MirroredStrategy (mirrored
+    variables, distributed update)."""
     import contextlib
 
     import tensorflow as tf
@@ -87,10 +88,11 @@ def _adam_trajectory(make_optimizer, steps=4, mirrored=False):
         model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(4), keras.layers.Dense(3)])
         optimizer = make_optimizer()
         model.compile(optimizer=optimizer, loss="mse")
+    initial = [w.numpy() for w in model.weights]
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(8 * steps, 5)).astype("float32"), rng.normal(size=(8 * steps, 3)).astype("float32")
     model.fit(x, y, batch_size=8, epochs=1, shuffle=False, verbose=0)
-    return [w.numpy() for w in model.weights], int(optimizer.iterations.numpy())
+    return initial, [w.numpy() for w in model.weights], int(optimizer.iterations.numpy())
 
 
 @pytest.mark.parametrize("amsgrad", [False, True])
@@ -98,14 +100,13 @@ def test_fused_adam_takes_the_steps_of_keras_adam(amsgrad):
     """FusedAdam (TensorFlow's fused kernel) and keras.optimizers.Adam give the same weights after the same steps,
     with the paper's settings and the warmup schedule; amsgrad falls back to Keras' own update."""
     settings = dict(beta_1=0.9, beta_2=0.98, epsilon=1e-9, amsgrad=amsgrad)
-    fused, fused_steps = _adam_trajectory(lambda: FusedAdam(WarmupSchedule(16, 3), **settings))
-    plain, plain_steps = _adam_trajectory(lambda: keras.optimizers.Adam(WarmupSchedule(16, 3), **settings))
+    initial, fused, fused_steps = _adam_trajectory(lambda: FusedAdam(WarmupSchedule(16, 3), **settings))
+    _, plain, plain_steps = _adam_trajectory(lambda: keras.optimizers.Adam(WarmupSchedule(16, 3), **settings))
     assert fused_steps == plain_steps == 4
-    initial, _ = _adam_trajectory(lambda: keras.optimizers.SGD(0.0))
     for f, p, w0 in zip(fused, plain, initial):
         assert np.abs(p - w0).max() > 1e-3  # the weights moved: the comparison means something
         np.testing.assert_allclose(f, p, rtol=1e-5, atol=1e-6)
-    mirrored, _ = _adam_trajectory(lambda: FusedAdam(WarmupSchedule(16, 3), **settings), mirrored=True)
+    _, mirrored, _ = _adam_trajectory(lambda: FusedAdam(WarmupSchedule(16, 3), **settings), mirrored=True)
     for d, p in zip(mirrored, plain):
         np.testing.assert_allclose(d, p, rtol=1e-5, atol=1e-6)
 
