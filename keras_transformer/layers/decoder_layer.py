@@ -6,6 +6,7 @@ from keras import ops
 from keras_transformer.layers.feed_forward import PositionwiseFeedForward
 from keras_transformer.layers.multi_head_attention import MultiHeadAttention
 from keras_transformer.layers.residual import add_and_norm, sublayer_input
+from keras_transformer.layers.token_packing import TokenPacking, pack, unpack
 from keras_transformer.masks import create_look_ahead_mask
 
 
@@ -85,9 +86,14 @@ class DecoderLayer(keras.layers.Layer):
         self_attention_cache_update_index=None,
         cross_attention_cache=None,
     ):
-        x = inputs
+        # In training, everything but the attention scores runs on the real tokens only (token_packing.py).
+        packing = TokenPacking.for_call(decoder_padding_mask, training) if self_attention_cache is None else None
+        encoder_packing = None
+        if packing is not None and cross_attention_cache is None:
+            encoder_packing = TokenPacking.for_call(encoder_padding_mask, training)
+        x = pack(inputs, packing)
         if self_attention_mask is None:
-            self_attention_mask = create_look_ahead_mask(ops.shape(x)[1])
+            self_attention_mask = create_look_ahead_mask(ops.shape(inputs)[1])
             if decoder_padding_mask is not None:
                 self_attention_mask = ops.logical_and(self_attention_mask, decoder_padding_mask)
 
@@ -100,6 +106,8 @@ class DecoderLayer(keras.layers.Layer):
             training=training,
             cache=self_attention_cache,
             cache_update_index=self_attention_cache_update_index,
+            query_packing=packing,
+            value_packing=packing,
         )
         attended, self_weights = self_outputs[0], self_outputs[1]
         x = add_and_norm(x, attended, self.self_attention_dropout, self.self_attention_norm, self.norm_first, training)
@@ -107,18 +115,20 @@ class DecoderLayer(keras.layers.Layer):
         h = sublayer_input(x, self.cross_attention_norm, self.norm_first)
         attended, cross_weights = self.cross_attention(
             h,
-            encoder_output,
+            pack(encoder_output, encoder_packing),
             attention_mask=encoder_padding_mask,
             return_attention_scores=True,
             training=training,
             cache=cross_attention_cache,
+            query_packing=packing,
+            value_packing=encoder_packing,
         )[:2]
         x = add_and_norm(x, attended, self.cross_attention_dropout, self.cross_attention_norm, self.norm_first, training)
 
         h = sublayer_input(x, self.feed_forward_norm, self.norm_first)
         x = add_and_norm(x, self.feed_forward(h), self.feed_forward_dropout, self.feed_forward_norm, self.norm_first, training)
 
-        results = (x,)
+        results = (unpack(x, packing),)
         if return_attention_scores:
             results += ((self_weights, cross_weights),)
         if self_attention_cache is not None:

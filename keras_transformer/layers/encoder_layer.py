@@ -5,6 +5,7 @@ import keras
 from keras_transformer.layers.feed_forward import PositionwiseFeedForward
 from keras_transformer.layers.multi_head_attention import MultiHeadAttention
 from keras_transformer.layers.residual import add_and_norm, sublayer_input
+from keras_transformer.layers.token_packing import TokenPacking, pack, unpack
 
 
 @keras.saving.register_keras_serializable(package="keras_transformer")
@@ -54,15 +55,24 @@ class EncoderLayer(keras.layers.Layer):
         self.built = True
 
     def call(self, inputs, padding_mask=None, return_attention_scores=False, training=None):
-        x = inputs
+        # In training, everything but the attention scores runs on the real tokens only (token_packing.py).
+        packing = TokenPacking.for_call(padding_mask, training)
+        x = pack(inputs, packing)
         h = sublayer_input(x, self.self_attention_norm, self.norm_first)
         attended, weights = self.self_attention(
-            h, h, attention_mask=padding_mask, return_attention_scores=True, training=training
+            h,
+            h,
+            attention_mask=padding_mask,
+            return_attention_scores=True,
+            training=training,
+            query_packing=packing,
+            value_packing=packing,
         )
         x = add_and_norm(x, attended, self.self_attention_dropout, self.self_attention_norm, self.norm_first, training)
 
         h = sublayer_input(x, self.feed_forward_norm, self.norm_first)
         x = add_and_norm(x, self.feed_forward(h), self.feed_forward_dropout, self.feed_forward_norm, self.norm_first, training)
+        x = unpack(x, packing)
         return (x, weights) if return_attention_scores else x
 
     def get_config(self):

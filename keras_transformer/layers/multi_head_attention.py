@@ -3,6 +3,8 @@
 import keras
 from keras import ops
 
+from keras_transformer.layers.token_packing import pack, unpack
+
 
 @keras.saving.register_keras_serializable(package="keras_transformer")
 class MultiHeadAttention(keras.layers.Layer):
@@ -29,6 +31,9 @@ class MultiHeadAttention(keras.layers.Layer):
             cache at that index (decoder self-attention) and the call attends over the whole cache; without it,
             the cache is used as precomputed keys/values (cross-attention; `value` is then ignored).
         cache_update_index: int scalar, where to write into `cache`.
+        query_packing, value_packing: `TokenPacking`s (training only, see `token_packing.py`) when `query` (and the
+            output) or `value`/`key` hold only the real tokens, `[tokens, d_model]`: the projections run on those
+            rows, and the attention itself on the `[batch, len]` layout.
 
     Returns `output`, plus the weights if asked, plus the updated cache if `cache` was given, in that order.
 
@@ -79,10 +84,13 @@ class MultiHeadAttention(keras.layers.Layer):
         batch, length = ops.shape(x)[0], ops.shape(x)[2]
         return ops.reshape(ops.transpose(x, (0, 2, 1, 3)), (batch, length, self.d_model))
 
-    def compute_key_value(self, value, key=None):
+    def compute_key_value(self, value, key=None, packing=None):
         """Projected, head-split keys and values for `value`: the cross-attention cache of a decoder."""
         key = value if key is None else key
-        return self._split_heads(self.key_dense(key)), self._split_heads(self.value_dense(value))
+        return (
+            self._split_heads(unpack(self.key_dense(key), packing)),
+            self._split_heads(unpack(self.value_dense(value), packing)),
+        )
 
     def call(
         self,
@@ -94,12 +102,14 @@ class MultiHeadAttention(keras.layers.Layer):
         training=None,
         cache=None,
         cache_update_index=None,
+        query_packing=None,
+        value_packing=None,
     ):
-        q = self._split_heads(self.query_dense(query))
+        q = self._split_heads(unpack(self.query_dense(query), query_packing))
         if cache is not None and cache_update_index is None:
             k, v = cache
         else:
-            k, v = self.compute_key_value(query if value is None else value, key)
+            k, v = self.compute_key_value(query if value is None else value, key, value_packing)
             if cache is not None:
                 start = (0, 0, cache_update_index, 0)
                 k = ops.slice_update(cache[0], start, ops.cast(k, cache[0].dtype))
@@ -107,7 +117,7 @@ class MultiHeadAttention(keras.layers.Layer):
                 cache = (k, v)
 
         attended, weights = self._attend(q, k, v, attention_mask, training)
-        output = self.output_dense(self._merge_heads(attended))
+        output = self.output_dense(pack(self._merge_heads(attended), query_packing))
 
         results = (output,)
         if return_attention_scores:
