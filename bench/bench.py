@@ -75,14 +75,21 @@ def training_specs(args, model):
     variants = [
         ("keras-hub float32", dict(impl="hub", precision="float32", jit=False)),
         ("keras-hub float32 XLA", dict(impl="hub", precision="float32", jit=True)),
+        ("keras-hub mixed_bfloat16", dict(impl="hub", precision="mixed_bfloat16", jit=False)),
         ("ours float32", dict(impl="ours", precision="float32", jit=False)),
         ("ours mixed_bfloat16", dict(impl="ours", precision="mixed_bfloat16", jit=False)),
+        ("ours mixed_bfloat16, no token packing", dict(impl="ours", precision="mixed_bfloat16", jit=False, packing=False)),
         ("ours mixed_bfloat16 + XLA fusion", dict(impl="ours", precision="mixed_bfloat16", jit=False, env=XLA_FUSION_ENV)),
         ("ours mixed_bfloat16 XLA", dict(impl="ours", precision="mixed_bfloat16", jit=True)),
     ]
     if args.quick:  # the two that matter, without XLA compiles, to stay fast
-        variants = [v for v in variants if v[0] in ("keras-hub float32", "ours mixed_bfloat16")]
+        variants = [v for v in variants if v[0] in ("keras-hub float32", "ours mixed_bfloat16", "ours mixed_bfloat16, no token packing")]
     return [{**base, **v, "name": name} for name, v in variants]
+
+
+def packs_tokens(spec):
+    """Whether a training row runs with our token packing (ours, not switched off, no XLA)."""
+    return spec["impl"] == "ours" and spec.get("packing", True) and not spec["jit"] and not spec.get("env")
 
 
 def bf16_matmul_rate(machine):
@@ -100,13 +107,24 @@ def section_training(args, earlier):
     repeats = 1 if args.quick else args.repeats
     specs = training_specs(args, model)
     rows = harness.summarize_training(harness.interleaved(specs, harness.train_worker, repeats, args.in_process))
-    # Every row trains the same matmuls (keras-hub's stack has the same sizes), over the padded batch.
+    # The matmuls of the padded batch (keras-hub's stack has the same sizes): what a padded implementation must do.
     step_flops = training_step_flops(our_config(model), model["batch"], model["length"], model["length"])
     peak = bf16_matmul_rate(earlier.get("machine"))
-    for row in rows.values():
+    for spec in specs:
+        row = rows[spec["name"]]
         row["achieved_gflop_per_s"] = significant(step_flops / (row["step_ms"] / 1000) / 1e9)
         if peak:
             row["share_of_bf16_matmul_rate"] = significant(row["achieved_gflop_per_s"] / peak)
+        if packs_tokens(spec):  # the matmuls it actually executes: the position-wise ones over real tokens only
+            positions = model["batch"] * model["length"]
+            executed = training_step_flops(
+                our_config(model), model["batch"], model["length"], model["length"],
+                source_tokens=row["real_source_share"] * positions, target_tokens=row["real_target_share"] * positions,
+            )  # fmt: skip
+            row["executed_gflop_per_step"] = significant(executed / 1e9)
+            row["executed_gflop_per_s"] = significant(executed / (row["step_ms"] / 1000) / 1e9)
+            if peak:
+                row["executed_share_of_bf16_matmul_rate"] = significant(row["executed_gflop_per_s"] / peak)
     return {
         "config": {**model, "steps_per_repeat": specs[0]["steps"], "repeats": repeats, "min_length": max(2, model["length"] // 6)},
         "step_gflop": significant(step_flops / 1e9),
@@ -310,18 +328,23 @@ def markdown(results):
         out += [
             "### Training, reference config (target tokens/s, median of repeats)",
             "",
-            f"One step is {t['step_gflop']:,.3g} GFLOP of matmuls (bench/flops.py); the share is of this run's bfloat16 "
-            f"matmul rate ({'-' if peak is None else f'{peak:,.0f} GFLOP/s'}).",
+            f"One step of the padded batch is {t['step_gflop']:,.3g} GFLOP of matmuls (bench/flops.py); with token "
+            "packing ours executes fewer (the projections and feed-forward over real tokens only): the last column. "
+            f"Shares are of this run's bfloat16 matmul rate ({'-' if peak is None else f'{peak:,.0f} GFLOP/s'}).",
             "",
-            "| configuration | target tok/s | step ms | vs keras-hub f32 | vs best keras-hub | matmul GFLOP/s (share of bf16 matmul) | peak RSS MB |",
-            "|---|---|---|---|---|---|---|",
+            "| configuration | target tok/s | step ms | vs keras-hub f32 | vs best keras-hub | padded-batch GFLOP/s (share of bf16 matmul) | executed GFLOP/s (share) | peak RSS MB |",
+            "|---|---|---|---|---|---|---|---|",
         ]
+
+        def rate(gflops, share):
+            return "-" if gflops is None else f"{gflops:,.3g} ({'-' if share is None else f'{share:.1%}'})"
+
         for name, row in t["results"].items():
-            share = row.get("share_of_bf16_matmul_rate")
             out.append(
                 f"| {name} | {row['target_tokens_per_s']:,.0f} | {row['step_ms']:.0f} | "
                 f"{row.get('ratio_vs_keras_hub_float32', float('nan')):.2f}x | {row.get('ratio_vs_best_keras_hub', float('nan')):.2f}x | "
-                f"{row['achieved_gflop_per_s']:,.3g} ({'-' if share is None else f'{share:.1%}'}) | {row['peak_rss_mb']:,.0f} |"
+                f"{rate(row['achieved_gflop_per_s'], row.get('share_of_bf16_matmul_rate'))} | "
+                f"{rate(row.get('executed_gflop_per_s'), row.get('executed_share_of_bf16_matmul_rate'))} | {row['peak_rss_mb']:,.0f} |"
             )
         out.append("")
     d = results.get("decoding")

@@ -362,10 +362,14 @@ class HubSeq2Seq:
 def build_training_model(spec):
     """The compiled training model of a spec: `impl` "ours" (keras-transformer: masked loss with label smoothing
     0.1, masked accuracy) or "hub" (keras-hub: Keras' sparse cross-entropy ignoring pads, accuracy), both with
-    Adam and the warmup schedule, in the dtype policy `precision`; `metrics: false` leaves out the accuracy."""
+    Adam and the warmup schedule, in the dtype policy `precision`; `metrics: false` leaves out the accuracy,
+    `packing: false` turns off our token packing (keras_transformer/layers/token_packing.py)."""
     import keras
 
+    from keras_transformer.layers import token_packing
     from keras_transformer.optimizers import create_optimizer
+
+    token_packing.set_enabled(spec.get("packing", True))
 
     model_cfg = spec["model"]
     keras.utils.set_random_seed(spec.get("seed", 0))
@@ -431,7 +435,9 @@ def train_worker(spec):
         }
 
     real_share = float(np.mean([t / (m["batch"] * m["length"]) for t in tokens]))
-    return {"ready": {"parameters": int(model.count_params()), "real_target_share": round(real_share, 3)}, "run": run}
+    source_share = float(np.mean([(x["encoder_inputs"] != PAD_ID).mean() for x, _ in batches]))
+    ready = {"parameters": int(model.count_params()), "real_target_share": round(real_share, 3), "real_source_share": round(source_share, 3)}
+    return {"ready": ready, "run": run}
 
 
 def summarize_training(raw, baseline="keras-hub float32"):
@@ -450,6 +456,7 @@ def summarize_training(raw, baseline="keras-hub float32"):
             "parameters": r["ready"]["parameters"],
             "setup_seconds": r["ready"]["setup_seconds"],
             "real_target_share": r["ready"]["real_target_share"],
+            "real_source_share": r["ready"]["real_source_share"],
             "final_loss": r["repeats"][-1]["loss"],
         }
     hub = [v["target_tokens_per_s"] for k, v in rows.items() if k.startswith("keras-hub")]

@@ -165,7 +165,9 @@ class TrainingConfig:
             and lost the bfloat16 (AMX) speedup that TensorFlow's oneDNN kernels give (see README, Performance).
         xla_fusion: let XLA fuse the element-wise and reduction ops of the train step (TensorFlow's auto-clustering
             restricted to "fusible" ops) while the matrix products stay on TensorFlow's oneDNN kernels. Off by
-            default: the gain depends on the CPU and on the rest of the step. It made fixed-shape bfloat16 steps
+            default. It turns off token packing (`layers/token_packing.py`: XLA would compile again for every batch's
+            number of real tokens), which gains more: on the AMD AVX512-BF16 host the default step (packing) trained
+            2,670 target tokens/s, with XLA fusion 2,079 (bench/results.json, 2026-12-04). Before packing, it made fixed-shape bfloat16 steps
             22% faster on an Intel AMX machine in a step without the accuracy metric (bench/levers.json) but only 0.5%
             on an AMD machine in a step with it, and length-bucketed training 1% slower there (bench/results.json); it adds
             16 s of start-up for one batch shape and about 90 s for the 9 bucket shapes, since the fused clusters
@@ -195,7 +197,7 @@ class TrainingConfig:
     label_smoothing: float = _setting(0.1, "label smoothing of the cross-entropy")
     precision: str = _setting("auto", "numeric precision (auto: mixed_bfloat16 on CPUs with bf16 units and GPUs)", choices=PRECISIONS)
     jit_compile: bool = _setting(False, "XLA-compile the train step (slower on CPU: it loses oneDNN's bf16 matmuls)", flag="jit")
-    xla_fusion: bool = _setting(False, "let XLA fuse the element-wise ops of the train step (0-22%% faster depending on the CPU; slower start-up)")
+    xla_fusion: bool = _setting(False, "let XLA fuse the element-wise ops of the train step (turns token packing off: slower than the default on the AMD AVX512-BF16 host; slower start-up)")
     steps_per_epoch: int = _setting(500, "steps between dev-BLEU evaluations and backups")
     epochs: int = _setting(100, "maximum number of epochs")
     time_limit_minutes: Optional[float] = _setting(25.0, "training wall-clock budget in minutes, counted across restarts", flag="time-limit", type=float)

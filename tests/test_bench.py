@@ -69,6 +69,12 @@ def test_bench_quick_writes_all_sections(quick_bench):
         assert row["parameters"] > 0 and row["ratio_vs_keras_hub_float32"] > 0
         assert row["achieved_gflop_per_s"] > 0 and row["share_of_bf16_matmul_rate"] > 0
     assert results["training"]["step_gflop"] > 0
+    # ours packs tokens by default: it executes fewer matmuls than the padded batch holds
+    packed, padded = training["ours mixed_bfloat16"], training["ours mixed_bfloat16, no token packing"]
+    assert 0 < packed["executed_gflop_per_step"] < results["training"]["step_gflop"]
+    assert 0 < packed["executed_gflop_per_s"] < packed["achieved_gflop_per_s"]
+    assert "executed_gflop_per_s" not in padded and "executed_gflop_per_s" not in training["keras-hub float32"]
+    assert 0 < packed["real_source_share"] < 1 and 0 < packed["real_target_share"] < 1
 
     decoding = results["decoding"]
     assert any(name.startswith("keras-hub") for name in decoding["results"])
@@ -164,13 +170,24 @@ def test_training_step_flops_matches_a_hand_count():
     # The reference config of bench/README.md: about 178 GFLOP per step.
     reference = TransformerConfig(num_layers=4, d_model=256, num_heads=8, dff=1024, src_vocab_size=8000, tgt_vocab_size=8000)
     assert round(training_step_flops(reference, batch=64, source_len=48, target_len=48) / 1e9) == 178
+    # Token packing: the position-wise matmuls over 4 real source and 7 real target positions of the batch (of 6 and
+    # 10 padded ones); attention scores and the output projection stay padded.
+    packed_encoder = 4 * (4 * 2 * 4 * 4 + 2 * 2 * 4 * 8) + 2 * 2 * (2 * 3 * 3 * 4)  # 4 rows x 256, + scores 288
+    packed_decoder = (
+        7 * (4 * 2 * 4 * 4) + 2 * 2 * (2 * 5 * 5 * 4)  # self-attention projections on 7 rows, scores padded
+        + 7 * (2 * 2 * 4 * 4) + 4 * (2 * 2 * 4 * 4) + 2 * 2 * (2 * 5 * 3 * 4)  # cross Q/O, K/V, scores
+        + 7 * (2 * 2 * 4 * 8)  # feed-forward
+    )
+    packed_forward = packed_encoder + packed_decoder + 2 * output_projection
+    assert packed_forward == 1312 + 3776 + 800
+    assert training_step_flops(config, batch=2, source_len=3, target_len=5, source_tokens=4, target_tokens=7) == 3 * packed_forward
 
 
 def test_levers_quick_runs_the_library_settings(tmp_path):
     """`bench/levers.py --quick` trains the library's in-process settings interleaved and reports ratios."""
     completed, results = run_quick("levers.py", tmp_path / "levers.json")
     rows = results["results"]
-    assert list(rows) == ["library defaults", "no accuracy metric"]  # XLA flags and threads need their own process
+    assert list(rows) == ["library defaults", "no accuracy metric", "no token packing"]  # XLA flags and threads need their own process
     assert rows["library defaults"]["ratio_vs_baseline"] == 1.0
     assert all(row["target_tokens_per_s"] > 0 and math.isfinite(row["final_loss"]) for row in rows.values())
     assert "| library defaults |" in completed.stdout
