@@ -76,6 +76,23 @@ def test_mixed_bfloat16_training_step_packs_and_agrees():
     assert all(np.isfinite(g).all() for g in grads)
 
 
+def test_attention_on_packed_queries_equals_the_padded_layout():
+    """MultiHeadAttention given packed rows (`[tokens, d_model]` and their TokenPacking) returns the packed rows of
+    what it returns for the padded batch; with `value` left out, the keys come from the packed queries too."""
+    from keras_transformer.layers import MultiHeadAttention
+    from keras_transformer.masks import create_padding_mask
+
+    ids = np.array([[5, 6, 7, 0], [8, 0, 0, 0]], "int32")
+    mask = create_padding_mask(ids)
+    x = tf.random.stateless_normal([2, 4, 8], seed=[1, 2])
+    mha = MultiHeadAttention(d_model=8, num_heads=2)
+    padded = mha(x, x, attention_mask=mask)
+    packing = TokenPacking(tf.constant(ids != 0))
+    packed = mha(packing.pack(x), attention_mask=mask, query_packing=packing)
+    assert tuple(packed.shape) == (4, 8)
+    np.testing.assert_allclose(packed.numpy(), padded.numpy()[ids != 0], rtol=1e-5, atol=1e-6)
+
+
 def graph_op_types(function, *args):
     return {op.type for op in function.get_concrete_function(*args).graph.get_operations()}
 

@@ -105,6 +105,8 @@ class MultiHeadAttention(keras.layers.Layer):
         query_packing=None,
         value_packing=None,
     ):
+        if value is None and value_packing is None:  # self-attention on `query` alone: its packing too
+            value_packing = query_packing
         q = self._split_heads(unpack(self.query_dense(query), query_packing))
         if cache is not None and cache_update_index is None:
             k, v = cache
