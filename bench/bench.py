@@ -89,7 +89,8 @@ def training_specs(args, model):
 
 def packs_tokens(spec):
     """Whether a training row runs with our token packing (ours, not switched off, no XLA)."""
-    return spec["impl"] == "ours" and spec.get("packing", True) and not spec["jit"] and not spec.get("env")
+    auto_jit = "tf_xla_auto_jit" in spec.get("env", {}).get("TF_XLA_FLAGS", "")
+    return spec["impl"] == "ours" and spec.get("packing", True) and not spec["jit"] and not auto_jit
 
 
 def bf16_matmul_rate(machine):

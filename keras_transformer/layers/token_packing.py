@@ -69,7 +69,8 @@ class TokenPacking:
         switched off). `padding_mask`: boolean `[batch, 1, 1, length]` (`masks.create_padding_mask`)."""
         if not training or padding_mask is None or not _enabled or _in_xla():
             return None
-        return cls(tf.reshape(tf.cast(padding_mask, tf.bool), tf.shape(padding_mask)[::3]))
+        shape = tf.shape(padding_mask)
+        return cls(tf.reshape(tf.cast(padding_mask, tf.bool), [shape[0], shape[-1]]))
 
     def pack(self, x):
         return tf.gather_nd(x, self.indices)
