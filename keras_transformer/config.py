@@ -165,16 +165,16 @@ class TrainingConfig:
             and lost the bfloat16 (AMX) speedup that TensorFlow's oneDNN kernels give (see README, Performance).
         xla_fusion: let XLA fuse the element-wise and reduction ops of the train step (TensorFlow's auto-clustering
             restricted to "fusible" ops) while the matrix products stay on TensorFlow's oneDNN kernels. Off by
-            default. It turns off token packing (`layers/token_packing.py`: XLA would compile again for every batch's
-            number of real tokens), which gains more: on the AMD AVX512-BF16 host the default step (packing) trained
-            2,670 target tokens/s, with XLA fusion 2,079 (bench/results.json, 2026-12-04). Before packing, it made fixed-shape bfloat16 steps
-            22% faster on an Intel AMX machine in a step without the accuracy metric (bench/levers.json) but only 0.5%
-            on an AMD machine in a step with it, and length-bucketed training 1% slower there (bench/results.json); it adds
-            16 s of start-up for one batch shape and about 90 s for the 9 bucket shapes, since the fused clusters
-            are compiled for every shape. Measure it on your machine. It sets `TF_XLA_FLAGS`, which TensorFlow
-            reads once per process when it first lists devices or optimizes a graph, so it only takes effect when
-            training is the first TensorFlow work of the process (as in `keras-transformer train`); a
-            `TF_XLA_FLAGS` of your own is left alone.
+            default. It turns off token packing (`layers/token_packing.py`: XLA would compile again for every
+            batch's number of real tokens), which gains more: on the AMD AVX512-BF16 host the default step
+            (packing) trained 2,670 target tokens/s, with XLA fusion 2,079 (bench/results.json, 2026-12-04).
+            Before packing, it made fixed-shape bfloat16 steps 22% faster on an Intel AMX machine in a step without
+            the accuracy metric (bench/levers.json) but only 0.5% on an AMD machine in a step with it, and
+            length-bucketed training 1% slower there (bench/results.json); it adds 16 s of start-up for one batch
+            shape and about 90 s for the 9 bucket shapes, since the fused clusters are compiled for every shape.
+            Measure it on your machine. It sets `TF_XLA_FLAGS`, which TensorFlow reads once per process when it first
+            lists devices or optimizes a graph, so it only takes effect when training is the first TensorFlow work of
+            the process (as in `keras-transformer train`); a `TF_XLA_FLAGS` of your own is left alone.
         steps_per_epoch: the training data is repeated; an "epoch" is this many steps (dev BLEU, backup and
             best-model selection happen at its end).
         epochs: maximum number of such epochs.
