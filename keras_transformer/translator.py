@@ -16,6 +16,11 @@ from keras_transformer.decoding.decodings import choose_decoding, resolve_decodi
 # parts decoded at the same time. Sampling is not: its random draws depend on the batch they are drawn for.
 MIN_SHARDED_ROWS = 16
 SHARDABLE_DECODINGS = ("greedy", "beam")
+# A greedy or beam loop over at least this many sources halves twice as its sources finish (`decode_loop`'s
+# `halvings`): same tokens, fewer row-steps. Smaller loops gain little, and each halving adds a loop for XLA to
+# compile, so they keep one loop (interactive use and batches of a few sentences compile as fast as before).
+MIN_HALVING_SOURCES = 8
+HALVINGS = 2
 
 
 class Translator:
@@ -162,20 +167,24 @@ class Translator:
         """`[batch, src_len]` int32 ids (END included, 0-padded) -> `(target ids, scores)` as numpy:
         `[batch, steps]` and `[batch]`, or `[batch, beam_size, steps]` and `[batch, beam_size]` for beam search."""
         spec, options = resolve_decoding(decoding, **options)
-        key = (decoding, use_cache, tuple(sorted(options.items())))
+        encoder_ids = np.asarray(encoder_ids, np.int32)
+        rows = len(encoder_ids) * options.get("beam_size", 1)
+        sharded = decoding in SHARDABLE_DECODINGS and self.decode_shards > 1 and rows >= MIN_SHARDED_ROWS and len(encoder_ids) >= self.decode_shards
+        loop_sources = -(-len(encoder_ids) // self.decode_shards) if sharded else len(encoder_ids)
+        halvings = HALVINGS if decoding in SHARDABLE_DECODINGS and use_cache and loop_sources >= MIN_HALVING_SOURCES else 0
+        key = (decoding, use_cache, halvings, tuple(sorted(options.items())))
         if key not in self._compiled:
             search = search_function(spec)
             model, config, steps = self._decode_model, self.config, self.max_output_length
             placeholder_ids = self.preprocessor.placeholder_ids if self.preprocessor is not None else None
-            fn = lambda x: search(model, config, x, steps, use_cache=use_cache, placeholder_ids=placeholder_ids, **options)  # noqa: E731
+            extra = {"halvings": halvings} if halvings else {}
+            fn = lambda x: search(model, config, x, steps, use_cache=use_cache, placeholder_ids=placeholder_ids, **extra, **options)  # noqa: E731
             # One trace for all shapes; XLA compiles once per padded shape (lengths are multiples of 8).
             signature = [tf.TensorSpec([None, None], tf.int32)]
             self._compiled[key] = tf.function(fn, input_signature=signature, jit_compile=self.jit_compile)
             self._compiled[key].get_concrete_function()  # trace now, in this thread: Keras' global state is per thread
         decode = self._compiled[key]
-        encoder_ids = np.asarray(encoder_ids, np.int32)
-        rows = len(encoder_ids) * options.get("beam_size", 1)
-        if decoding in SHARDABLE_DECODINGS and self.decode_shards > 1 and rows >= MIN_SHARDED_ROWS and len(encoder_ids) >= self.decode_shards:
+        if sharded:
             return self._decode_in_shards(decode, encoder_ids)
         ids, scores = decode(tf.constant(encoder_ids))
         return ids.numpy(), scores.numpy()

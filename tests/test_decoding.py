@@ -48,7 +48,7 @@ def test_decoding_in_two_shards_gives_the_tokens_of_one_loop_in_batch_order(task
     encoder_ids = pad_batch(one.encode_sources(sources[:batch]), max_length=one.config.max_length)
     single, single_scores = one.translate_ids(encoder_ids, decoding, **options)
 
-    two.translate_ids(encoder_ids[:1], decoding, **options)  # builds the compiled loop; then record the batches it is given
+    two.translate_ids(encoder_ids, decoding, **options)  # builds the compiled loop; then record the batches it is given
     (key,) = two._compiled
     loop, seen = two._compiled[key], []
     two._compiled[key] = lambda ids: seen.append(tuple(ids.shape)) or loop(ids)
@@ -125,6 +125,52 @@ def test_decoding_in_cache_blocks_gives_the_tokens_of_one_loop(translator, sourc
     np.testing.assert_array_equal(blocked_ids, one_ids)
     np.testing.assert_allclose(blocked_scores, one_scores, atol=1e-4)
     assert (one_ids == END_ID).any() and ((one_ids != PAD_ID) & (one_ids != END_ID)).sum() > 12
+
+
+@pytest.mark.parametrize("search, options", [("greedy", {}), ("beam", {"beam_size": 3, "alpha": 0.6})])
+def test_dropping_finished_sources_gives_the_same_tokens_with_fewer_row_steps(translator, sources, monkeypatch, search, options):
+    """`halvings` moves the unfinished sources into smaller loops: the tokens and scores must be those of one loop
+    over the whole batch (compiled with XLA, as the Translator runs it), and the decoder must run fewer row-steps
+    (counted without XLA, where a variable can count them)."""
+    import keras_transformer.decoding.beam_search as beam_search_module
+    from keras_transformer.decoding.state import DecoderState
+
+    search = beam_search_module.beam_search if search == "beam" else greedy_search
+    encoder_ids = tf.constant(pad_batch(translator.encode_sources(sources[:16]), max_length=translator.config.max_length))
+    model, config, steps = translator._decode_model, translator.config, translator.max_output_length
+    run = lambda halvings, jit: [t.numpy() for t in tf.function(lambda x: search(model, config, x, steps, halvings=halvings, **options), jit_compile=jit)(encoder_ids)]  # noqa: E731
+    (one_ids, one_scores), (halved_ids, halved_scores) = run(0, True), run(2, True)
+    np.testing.assert_array_equal(halved_ids, one_ids)
+    np.testing.assert_allclose(halved_scores, one_scores, atol=1e-5)
+    lengths = np.argmax(np.reshape(one_ids, (-1, one_ids.shape[-1])) == END_ID, axis=-1)
+    assert lengths.min() < lengths.max() / 2  # outputs of unequal length: something to drop
+
+    row_steps = tf.Variable(0)
+    step = DecoderState.step
+
+    def counting_step(self, tokens, index, caches):
+        row_steps.assign_add(tf.shape(tokens)[0])
+        return step(self, tokens, index, caches)
+
+    monkeypatch.setattr(DecoderState, "step", counting_step)
+    counted = {}
+    for halvings in (0, 2):
+        row_steps.assign(0)
+        ids, _ = run(halvings, False)
+        np.testing.assert_array_equal(ids, one_ids)
+        counted[halvings] = int(row_steps.numpy())
+    assert counted[2] < counted[0], counted
+
+
+def test_translator_halves_only_loops_of_enough_sources(task, sources):
+    from keras_transformer import translator as translator_module
+
+    one = Translator(task, decode_shards=1)
+    for batch in (translator_module.MIN_HALVING_SOURCES - 1, translator_module.MIN_HALVING_SOURCES):
+        one.translate_ids(pad_batch(one.encode_sources(sources[:batch]), max_length=one.config.max_length), "greedy")
+    assert sorted(key[2] for key in one._compiled) == [0, translator_module.HALVINGS]
+    with pytest.raises(ValueError, match="halvings"):
+        greedy_search(one._decode_model, one.config, tf.constant([[5, 2]]), 4, halvings=-1)
 
 
 def test_block_ends():

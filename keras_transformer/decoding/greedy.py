@@ -6,15 +6,17 @@ from keras_transformer.decoding.loop import TokenByToken, decode_loop
 from keras_transformer.decoding.state import DecoderState
 
 
-def greedy_search(model, config, encoder_inputs, max_steps, use_cache=True, placeholder_ids=None):
+def greedy_search(model, config, encoder_inputs, max_steps, use_cache=True, placeholder_ids=None, halvings=0):
     """`encoder_inputs` `[batch, src_len]` -> `(ids [batch, max_steps], scores [batch])`. With `placeholder_ids`
     (`(source ids, target ids)` of the placeholder tokens), no row emits a placeholder token its source lacks.
+    `halvings`: how many times the loop may go on with half as many rows once the others have finished (see
+    `decode_loop`; same tokens, each halving one more loop for XLA to compile).
 
     Example:
     >>> ids, scores = greedy_search(model, config, encoder_ids, max_steps=32)  # doctest: +SKIP
     """
     state = DecoderState(model, config, encoder_inputs, max_steps, use_cache=use_cache, placeholder_ids=placeholder_ids)
-    return decode_loop(state, TokenByToken(state, lambda logits, step: first_argmax(logits)))
+    return decode_loop(state, TokenByToken(state, lambda logits, step: first_argmax(logits)), halvings=halvings)
 
 
 def first_argmax(logits):

@@ -14,6 +14,8 @@ Two ways to get the next-token logits at position i, with identical results:
   tutorial does; kept as the reference and for benchmarks).
 """
 
+import copy
+
 import tensorflow as tf
 from keras import ops
 
@@ -43,6 +45,16 @@ class DecoderState:
             self.cross_caches = [
                 tuple(rows(t) for t in layer.cross_attention.compute_key_value(encoder_output)) for layer in self.decoder_layers
             ]
+
+    def take(self, rows):
+        """This state for the rows `rows` of the batch (int32 `[n]`): what a decode loop over those rows needs."""
+        part = copy.copy(self)
+        take = lambda t: None if t is None else tf.gather(t, rows)  # noqa: E731
+        part.encoder_output, part.encoder_padding_mask, part.allowed = take(self.encoder_output), take(self.encoder_padding_mask), take(self.allowed)
+        part.batch_size = tf.shape(rows)[0]
+        if self.use_cache:
+            part.cross_caches = [tuple(take(t) for t in cache) for cache in self.cross_caches]
+        return part
 
     def initial_self_caches(self, length=None):
         """Zero `(key, value)` buffers `[batch, heads, length, d_k]` (`length` defaults to `max_steps`), one pair
