@@ -14,8 +14,8 @@ What it showed for the main-job model (3+3 layers, d_model 256, vocabulary 8,000
 AVX512-BF16, 2026-12-04; greedy, 16 sentences per loop, float32): matmuls 85% of the op time, 39 per step (the
 output projection alone 17%, the feed-forward 20%); the attention's products with one query 11%; every element-wise
 fusion together under 15%. The dense layers' matmuls ran at 50-95 GFLOP/s, about half of the rate of the same
-matmul in a loop of its own: the weights (19 MB in float32) are read again every step. So a step costs about the
-same whatever the rows hold, and a batch that runs until its longest output ends spends most of its row-steps on
+matmul in a loop of its own (probably because a step reads all 19 MB of float32 weights again). A step costs the
+same whether its rows are still translating or only padding, and a batch that runs until its longest output ends spends most of its row-steps on
 finished rows (44% of them were live at batch 32): the loop now drops finished sources (`decode_loop`'s
 `halvings`, 1.34x greedy and 1.5x beam 4 at batch 32, same tokens).
 

@@ -17,9 +17,10 @@ from keras_transformer.decoding.decodings import choose_decoding, resolve_decodi
 MIN_SHARDED_ROWS = 16
 SHARDABLE_DECODINGS = ("greedy", "beam")
 # A greedy or beam loop over at least this many sources halves twice as its sources finish (`decode_loop`'s
-# `halvings`): same tokens, fewer row-steps. Smaller loops gain little, and each halving adds a loop for XLA to
-# compile, so they keep one loop (interactive use and batches of a few sentences compile as fast as before).
-MIN_HALVING_SOURCES = 8
+# `halvings`): same tokens, fewer row-steps. Each halving adds a loop for XLA to compile (about twice the compile
+# time for greedy), and smaller loops gain less: 1.10x for greedy batches of 16 in two loops of 8, against 1.34x for
+# batches of 32 (main-job model, AMD AVX512-BF16 host). So interactive use and small batches keep one loop.
+MIN_HALVING_SOURCES = 16
 HALVINGS = 2
 
 
@@ -38,11 +39,11 @@ class Translator:
     Sources never interact (a beam only competes with the beams of its own source), so the tokens are the same as
     from one loop.
 
-    A greedy or beam loop over 8 or more sources stops working on finished ones: once half of them have produced
+    A greedy or beam loop over 16 or more sources stops working on finished ones: once half of them have produced
     END (all their beams, for beam search) it goes on over the other half, and then halves once more
     (`decode_loop`'s `halvings`). A batch sorted by length otherwise spends most of its steps on rows that are
     only padding: 1.34x greedy and 1.5x beam 4 at batch 32 on a 2-core CPU (bench/profile_decode.py), same tokens.
-    Each halving is one more loop for XLA to compile, so smaller loops (one sentence, a few) do not halve.
+    Each halving is one more loop for XLA to compile, so smaller loops (one sentence, a few dozen) do not halve.
 
     Args:
         model: a `TransformerSeq2SeqLM` (its preprocessor gives the tokenizers) or a `TransformerBackbone`.
