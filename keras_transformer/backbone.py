@@ -10,6 +10,8 @@ so they can never drift apart. Every layer is an attribute (`encoder_layers`, `d
 ...), and every layer gets the backbone's `dtype`, so mixed precision is one constructor argument.
 """
 
+import warnings
+
 import keras
 import keras_hub
 import numpy as np
@@ -195,6 +197,19 @@ class TransformerBackbone(keras_hub.models.Backbone):
             return self
         copy = type(self).from_config({**self.get_config(), "dtype": dtype})
         copy.set_weights(self.get_weights())
+        return copy
+
+    def int8_copy(self) -> "TransformerBackbone":
+        """A float32 copy of this backbone whose dense layers compute in int8 (Keras' `Model.quantize("int8")`):
+        each kernel int8 with one scale per output unit, each call's inputs quantized per row on the fly, products
+        in int32, results float32. The embeddings, LayerNorms and attention products stay float32. For CPU decoding
+        (`Translator(decode_precision="int8")`); tokens can differ from float32. The backbone itself is unchanged."""
+        copy = type(self).from_config({**self.get_config(), "dtype": "float32"})
+        copy.set_weights(self.get_weights())
+        with warnings.catch_warnings():
+            # Keras names every layer without an int8 form (LayerNorm, our embeddings, ...): they stay float32.
+            warnings.filterwarnings("ignore", message=r".*does not have a `quantize` method")
+            copy.quantize("int8")
         return copy
 
     def _standardize_inputs(self, inputs):

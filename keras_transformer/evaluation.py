@@ -41,6 +41,7 @@ def evaluate(translator, corpus, out_dir=None, batch_size=64, decoding=None, **d
         "corpus": str(getattr(corpus, "path", "")),
         "sentences": len(hypotheses),
         "decoding": {"name": decoding, **decoding_options},
+        "decode_precision": getattr(translator, "decode_precision", None),
         **corpus_scores(hypotheses, corpus.targets),
         # Sentences whose translation keeps exactly the source's format placeholders (and, as the ceiling, how
         # often the reference does).

@@ -2,6 +2,7 @@
 does not take."""
 
 import dataclasses
+import json
 
 import pytest
 
@@ -68,6 +69,27 @@ def test_translate_and_evaluate_take_the_options_of_their_decoding(tiny_run_dir,
 
     report = json.loads((tmp_path / "eval" / "report.json").read_text())
     assert report["decoding"] == {"name": "beam", "beam_size": 3, "alpha": 0.2}
+    assert report["decode_precision"] == "float32"  # "auto" on a CPU
+
+
+def test_precision_flag_decodes_a_run_directory_in_int8_and_is_refused_for_an_export(tiny_run_dir, tmp_path):
+    from keras_transformer.translator import Translator
+
+    sources = ["설정", "파일을 열 수 없습니다", "어제 카페 갔었어 거기 사람 많더라"]
+    int8 = cli_in_process("translate", "--model", str(tiny_run_dir), "--precision", "int8", *sources)
+    assert int8.returncode == 0, int8.stderr[-2000:]
+    assert int8.stdout.splitlines() == Translator.load(tiny_run_dir, decode_precision="int8").translate(sources)
+    pairs = tmp_path / "pairs.tsv"
+    pairs.write_text("설정\tSettings\n파일을 열 수 없습니다\tCannot open the file\n", encoding="utf-8")
+    evaluated = cli_in_process("evaluate", "--model", str(tiny_run_dir), "--data", str(pairs), "--precision", "int8",
+                               "--out", str(tmp_path / "eval"))
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert json.loads((tmp_path / "eval" / "report.json").read_text())["decode_precision"] == "int8"
+    tflite = tmp_path / "m.tflite"
+    tflite.write_bytes(b"not read: refused before loading")
+    refused = cli_in_process("translate", "--model", str(tflite), "--precision", "int8", "설정")
+    assert refused.returncode == 2 and "decodes in the precision it was exported in" in refused.stderr
+    assert "Traceback" not in refused.stderr
 
 
 def _synthetic_pairs(count, seed):

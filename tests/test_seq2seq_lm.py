@@ -239,6 +239,50 @@ def test_mixed_precision_model_decodes_with_float32_weights_like_the_float32_exp
     np.testing.assert_array_equal(auto.translate_ids(encoder_ids)[0], float32.translate_ids(encoder_ids)[0])
 
 
+
+def test_int8_decoding_quantizes_a_copy_and_stays_close_to_float32(lm):
+    """decode_precision="int8" decodes with a copy whose dense layers are int8 (kernels int8, products int32); the
+    model keeps its float32 weights, and greedy output stays close to float32's (most sentences identical)."""
+    from keras_transformer.data import load_bundled_corpus
+    from keras_transformer.translator import Translator, pad_batch
+
+    before = [w.copy() for w in lm.backbone.get_weights()]
+    int8 = Translator(lm, decode_precision="int8")
+    float32 = Translator(lm, decode_precision="float32")
+    dense = [layer for layer in int8._decode_model._flatten_layers() if isinstance(layer, keras.layers.Dense)]
+    # Per encoder + decoder layer pair: Q/K/V/O of three attention blocks and the feed-forward's two; + the projection.
+    assert len(dense) == 16 * lm.backbone.config.num_layers + 1
+    assert all(layer.quantization_mode == "int8" and keras.backend.standardize_dtype(layer._kernel.dtype) == "int8" for layer in dense)
+    assert all(keras.backend.standardize_dtype(w.dtype) == "float32" for w in lm.backbone.weights)
+    for old, new in zip(before, lm.backbone.get_weights()):
+        np.testing.assert_array_equal(old, new)
+    sentences = load_bundled_corpus("dev").sources[:40]
+    encoder_ids = pad_batch(int8.encode_sources(sentences), max_length=int8.config.max_length)
+    ids8, ids32 = int8.translate_ids(encoder_ids)[0], float32.translate_ids(encoder_ids)[0]
+    identical = np.mean([np.array_equal(a, b) for a, b in zip(ids8, ids32)])
+    assert identical >= 0.75, identical  # 37 of 40 when written
+    with pytest.raises(ValueError, match="decode_precision must be auto, model, float32, .*int8"):
+        Translator(lm, decode_precision="int4")
+
+
+@pytest.mark.parametrize("decode_precision", ["float32", "int8"])
+def test_refresh_weights_brings_the_models_new_weights_into_the_decoding_copy(lm, decode_precision):
+    """A Translator decoding a copy (float32 of a mixed-precision model, or int8) decodes the model's weights as
+    they were; `refresh_weights()` brings the new ones in: here an output bias that makes END win at once."""
+    from keras_transformer.data.special_ids import END_ID
+    from keras_transformer.translator import Translator
+
+    model = TransformerSeq2SeqLM(lm.backbone.with_dtype("mixed_bfloat16"), lm.preprocessor)
+    translator = Translator(model, decode_precision=decode_precision, max_output_length=8)
+    sentences = ["어제 카페 갔었어", "거기 사람 많더라"]
+    before = translator.translate(sentences)
+    assert before != ["", ""]
+    bias = model.backbone.output_projection.bias
+    bias.assign(keras.ops.convert_to_numpy(bias) + 100.0 * (np.arange(bias.shape[0]) == END_ID))
+    assert translator.translate(sentences) == before  # still the copy's old weights
+    translator.refresh_weights()
+    assert translator.translate(sentences) == ["", ""]
+
 DOCTESTED = ["keras_transformer.backbone", "keras_transformer.model", "keras_transformer.metrics",
              "keras_transformer.layers.positional_encoding", "keras_transformer.layers.token_embedding",
              "keras_transformer.layers.decoder_layer", "keras_transformer.layers.encoder_layer",
