@@ -203,6 +203,8 @@ ENGINES = [
     # decode_precision="model" for a run trained in mixed_bfloat16 (the default); named, so that the row is bf16
     # whatever precision the run was trained in.
     (OURS, "mixed_bfloat16", dict(engine="ours", decode_precision="mixed_bfloat16")),
+    # Keras' int8 dense layers (TransformerBackbone.int8_copy): our own int8 path.
+    (OURS, "int8", dict(engine="ours", decode_precision="int8")),
     (CT2, "float32", dict(engine="ct2", quantize="none")),
     (CT2, "int8", dict(engine="ct2", quantize="int8")),
 ]

@@ -29,9 +29,14 @@ Tried on that profile, not kept (interleaved A/B in one process, same tokens; th
   CTranslate2 runs: no change.
 - whole batches of 32 side by side, one loop each, instead of each batch split into two loops: 1.02x greedy,
   1.10x beam 4, before the loop dropped finished sources.
-- int8 weights: XLA's int8 x int8 -> int32 matmul of the step's shapes ran at 1.15-1.7x its float32 matmul, and
-  bfloat16 at 0.6-1.0x (XLA's CPU dots do not use the bfloat16 or VNNI units), before the per-step quantization
-  of the activations an int8 path would add: not pursued. CTranslate2's int8 export is the int8 engine.
+- bfloat16 weights: XLA's bfloat16 matmuls of the step's shapes ran at 0.6-1.0x its float32 ones (its CPU dots do
+  not use the bfloat16 units). Its int8 x int8 -> int32 matmuls ran at 1.15-1.7x, and that one was kept: Keras' int8
+  dense layers (`Translator(decode_precision="int8")`) decode greedy batches of 32 1.49x faster than float32, beam 4
+  1.21x, with the per-row quantization of the activations included (2026-12-06, same host, bench/engines.json).
+- weights as compile-time constants of the XLA program instead of variables: 1.06x on a chain of the step's dense
+  matmuls (microbenchmark, host busy with training); TensorFlow's oneDNN matmuls without XLA: 1.14x in float32
+  and 1.68x in bfloat16 on that chain, which would lose XLA's fusion of everything else and, in bfloat16, the
+  float32 tokens.
 
 After the halvings, greedy batch 32 in two loops: matmuls 86% of the op time, the encoder's about 18% of it (it
 runs once per batch over the padded sources, in larger matmuls at about 180 GFLOP/s), the output projection 15%.

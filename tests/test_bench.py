@@ -116,7 +116,7 @@ def test_bench_quick_engines_compares_ours_with_ctranslate2(quick_bench):
     engines = results["engines"]
     rows = engines["results"]
     with_ct2 = importlib.util.find_spec("ctranslate2") is not None
-    expected = [("ours (XLA loop)", "float32"), ("ours (XLA loop)", "mixed_bfloat16")]
+    expected = [("ours (XLA loop)", "float32"), ("ours (XLA loop)", "mixed_bfloat16"), ("ours (XLA loop)", "int8")]
     expected += [("CTranslate2", "float32"), ("CTranslate2", "int8")] if with_ct2 else []
     assert list(rows) == [
         f"{engine}, {precision}, {decoding}, batch {batch}"
