@@ -67,6 +67,7 @@ class Translator:
     >>> translator = Translator.load("saved_models/ko-en-small")  # doctest: +SKIP
     >>> translator.translate(["어제 카페 갔었어 거기 사람 많더라"])  # doctest: +SKIP
     >>> translator.translate(["설정"], decoding="beam", beam_size=4)  # doctest: +SKIP
+    >>> Translator.load("saved_models/ko-en-small", decode_precision="int8").translate(["설정"])  # doctest: +SKIP
     """
 
     def __init__(
