@@ -211,21 +211,24 @@ class TransformerBackbone(keras_hub.models.Backbone):
         with a copy of the weights."""
         if self.dtype_policy.name == keras.dtype_policies.get(dtype).name:
             return self
-        copy = type(self).from_config({**self.get_config(), "dtype": dtype})
-        copy.set_weights(self.get_weights())
-        return copy
+        return self._copy(dtype)
 
     def int8_copy(self) -> "TransformerBackbone":
         """A float32 copy of this backbone whose dense layers compute in int8 (Keras' `Model.quantize("int8")`):
         each kernel int8 with one scale per output unit, each call's inputs quantized per row on the fly, products
         in int32, results float32. The embeddings, LayerNorms and attention products stay float32. For CPU decoding
         (`Translator(decode_precision="int8")`); tokens can differ from float32. The backbone itself is unchanged."""
-        copy = type(self).from_config({**self.get_config(), "dtype": "float32"})
-        copy.set_weights(self.get_weights())
+        copy = self._copy("float32")  # always a new backbone: quantize changes the layers it is called on
         with warnings.catch_warnings(), _one_garbage_collection():
             # Keras names every layer without an int8 form (LayerNorm, our embeddings, ...): they stay float32.
             warnings.filterwarnings("ignore", message=r".*does not have a `quantize` method")
             copy.quantize("int8")
+        return copy
+
+    def _copy(self, dtype):
+        """A new backbone of the same config under the dtype policy `dtype`, with a copy of the weights."""
+        copy = type(self).from_config({**self.get_config(), "dtype": dtype})
+        copy.set_weights(self.get_weights())
         return copy
 
     def _standardize_inputs(self, inputs):

@@ -239,7 +239,6 @@ def test_mixed_precision_model_decodes_with_float32_weights_like_the_float32_exp
     np.testing.assert_array_equal(auto.translate_ids(encoder_ids)[0], float32.translate_ids(encoder_ids)[0])
 
 
-
 def test_int8_decoding_quantizes_a_copy_and_stays_close_to_float32(lm):
     """decode_precision="int8" decodes with a copy whose dense layers are int8 (kernels int8, products int32); the
     model keeps its float32 weights, and greedy output stays close to float32's (most sentences identical)."""
@@ -282,6 +281,7 @@ def test_refresh_weights_brings_the_models_new_weights_into_the_decoding_copy(lm
     assert translator.translate(sentences) == before  # still the copy's old weights
     translator.refresh_weights()
     assert translator.translate(sentences) == ["", ""]
+
 
 DOCTESTED = ["keras_transformer.backbone", "keras_transformer.model", "keras_transformer.metrics",
              "keras_transformer.layers.positional_encoding", "keras_transformer.layers.token_embedding",
