@@ -16,12 +16,17 @@ from keras_transformer.decoding.decodings import choose_decoding, resolve_decodi
 # parts decoded at the same time. Sampling is not: its random draws depend on the batch they are drawn for.
 MIN_SHARDED_ROWS = 16
 SHARDABLE_DECODINGS = ("greedy", "beam")
-# A greedy or beam loop over at least this many sources halves twice as its sources finish (`decode_loop`'s
-# `halvings`): same tokens, fewer row-steps. Each halving adds a loop for XLA to compile (about twice the compile
-# time for greedy), and smaller loops gain less: 1.10x for greedy batches of 16 in two loops of 8, against 1.34x for
-# batches of 32 (main-job model, AMD AVX512-BF16 host). So interactive use and small batches keep one loop.
+# A greedy or beam loop over at least this many sources goes on over half of its sources once the others have
+# finished, and halves again (`decode_loop`'s `halvings`): same tokens, fewer row-steps. Each halving adds a loop for
+# XLA to compile, and smaller loops gain less: 1.10x for greedy batches of 16 in two loops of 8, against 1.34x for
+# batches of 32 (main-job model, AMD AVX512-BF16 host). So interactive use and small batches keep one loop. Greedy
+# halves down to one source (batches of 32 in two loops of 16: 1.10x over halving twice, median of 9 interleaved
+# runs; the first pass over 500 test sentences, compiles included, 26 -> 29 s); beam search twice (a third halving
+# measured 1.00x).
 MIN_HALVING_SOURCES = 16
-HALVINGS = 2
+# How many batches `translate` hands to the decoding threads beyond the one whose result it waits for.
+BATCHES_AHEAD = 2
+HALVINGS = {"greedy": 4, "beam": 2}
 # What `decode_precision` may name besides "auto" and "model".
 DECODE_PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "bfloat16", "int8")
 
@@ -39,12 +44,14 @@ class Translator:
     chain of small ops that XLA runs one after another, so one loop keeps about one core busy; two loops side by
     side use both. On a 2-core CPU this made a batch of 32 about 20% faster per token (bench/bench.py, `decoding`).
     Sources never interact (a beam only competes with the beams of its own source), so the tokens are the same as
-    from one loop.
+    from one loop. `translate` hands the next batches to those threads before it reads a batch's result, so that
+    one thread goes on with them while the other finishes the longest output of this one.
 
     A greedy or beam loop over 16 or more sources stops working on finished ones: once half of them have produced
-    END (all their beams, for beam search) it goes on over the other half, and then halves once more
-    (`decode_loop`'s `halvings`). A batch sorted by length otherwise spends most of its steps on rows that are
-    only padding: 1.34x greedy and 1.5x beam 4 at batch 32 on a 2-core CPU (bench/profile_decode.py), same tokens.
+    END (all their beams, for beam search) it goes on over the other half, and keeps halving: greedy down to one
+    source, beam search twice (`decode_loop`'s `halvings`). A batch sorted by length otherwise spends most of its
+    steps on rows that are only padding: 1.34x greedy and 1.5x beam 4 at batch 32 on a 2-core CPU
+    (bench/profile_decode.py), same tokens.
     Each halving is one more loop for XLA to compile, so smaller loops (one sentence, a few dozen) do not halve.
 
     Args:
@@ -166,27 +173,42 @@ class Translator:
         encoded, placeholders = self.preprocessor.encode_sources(texts, return_placeholders=True)
         order = np.argsort([len(ids) for ids in encoded], kind="stable")
         results = [None] * len(texts)
-        for start in range(0, len(order), batch_size):
-            chunk = order[start : start + batch_size]
-            batch = pad_batch([encoded[i] for i in chunk], max_length=self.config.max_length)
-            ids, scores = self.translate_ids(batch, decoding, **options)
-            if ids.ndim == 2:  # one hypothesis per source
-                ids, scores = ids[:, None, :], scores[:, None]
-            for i, hypotheses, hypothesis_scores in zip(chunk, ids, scores):
-                texts_i = [self.target_tokenizer.decode([int(t) for t in row]) for row in hypotheses]
-                restored = self.preprocessor.restore(texts_i, [placeholders[i]] * len(texts_i))
-                results[i] = [(text, float(score)) for text, score in zip(restored, hypothesis_scores)]
+        chunks = [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
+        pending = []  # the batches started so far, in order
+        try:
+            for k, chunk in enumerate(chunks):
+                # The next batches are handed to the decoding threads before this one's result is read, so that one
+                # thread goes on with them while the other finishes the longest output of this one.
+                while len(pending) < min(len(chunks), k + 1 + BATCHES_AHEAD):
+                    ids = pad_batch([encoded[i] for i in chunks[len(pending)]], max_length=self.config.max_length)
+                    pending.append(self._start_decode(ids, decoding, **options))
+                ids, scores = pending[k].result()
+                if ids.ndim == 2:  # one hypothesis per source
+                    ids, scores = ids[:, None, :], scores[:, None]
+                for i, hypotheses, hypothesis_scores in zip(chunk, ids, scores):
+                    texts_i = [self.target_tokenizer.decode([int(t) for t in row]) for row in hypotheses]
+                    restored = self.preprocessor.restore(texts_i, [placeholders[i]] * len(texts_i))
+                    results[i] = [(text, float(score)) for text, score in zip(restored, hypothesis_scores)]
+        finally:  # an error or Ctrl-C: batches not yet started are dropped, not decoded in the background
+            for decoding_batch in pending:
+                decoding_batch.cancel()
         return results
 
     def translate_ids(self, encoder_ids, decoding="greedy", use_cache=True, **options):
         """`[batch, src_len]` int32 ids (END included, 0-padded) -> `(target ids, scores)` as numpy:
         `[batch, steps]` and `[batch]`, or `[batch, beam_size, steps]` and `[batch, beam_size]` for beam search."""
+        return self._start_decode(encoder_ids, decoding, use_cache, **options).result()
+
+    def _start_decode(self, encoder_ids, decoding="greedy", use_cache=True, **options):
+        """Starts `translate_ids` and returns its `_DecodingBatch`: a batch split into shards is decoded by the
+        decoding threads from now on (in the order batches were started); any other batch is decoded when its
+        result is asked for."""
         spec, options = resolve_decoding(decoding, **options)
         encoder_ids = np.asarray(encoder_ids, np.int32)
         rows = len(encoder_ids) * options.get("beam_size", 1)
         sharded = decoding in SHARDABLE_DECODINGS and self.decode_shards > 1 and rows >= MIN_SHARDED_ROWS and len(encoder_ids) >= self.decode_shards
         loop_sources = -(-len(encoder_ids) // self.decode_shards) if sharded else len(encoder_ids)
-        halvings = HALVINGS if decoding in SHARDABLE_DECODINGS and use_cache and loop_sources >= MIN_HALVING_SOURCES else 0
+        halvings = HALVINGS.get(decoding, 0) if use_cache and loop_sources >= MIN_HALVING_SOURCES else 0
         key = (decoding, use_cache, halvings, tuple(sorted(options.items())))
         if key not in self._compiled:
             search = search_function(spec)
@@ -198,20 +220,33 @@ class Translator:
             signature = [tf.TensorSpec([None, None], tf.int32)]
             self._compiled[key] = tf.function(fn, input_signature=signature, jit_compile=self.jit_compile)
             self._compiled[key].get_concrete_function()  # trace now, in this thread: Keras' global state is per thread
-        decode = self._compiled[key]
-        if sharded:
-            return self._decode_in_shards(decode, encoder_ids)
-        ids, scores = decode(tf.constant(encoder_ids))
-        return ids.numpy(), scores.numpy()
-
-    def _decode_in_shards(self, decode, encoder_ids):
-        """`decode` on `decode_shards` contiguous slices of the batch at the same time, results in batch order."""
+        compiled = self._compiled[key]
+        decode = lambda ids: [t.numpy() for t in compiled(tf.constant(ids))]  # noqa: E731
+        if not sharded:
+            return _DecodingBatch([lambda: decode(encoder_ids)])
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.decode_shards, thread_name_prefix="keras-transformer-decode")
-        parts = np.array_split(encoder_ids, self.decode_shards)
-        futures = [self._pool.submit(lambda part=part: [t.numpy() for t in decode(tf.constant(part))]) for part in parts]
-        results = [future.result() for future in futures]
+        return _DecodingBatch([self._pool.submit(decode, part) for part in np.array_split(encoder_ids, self.decode_shards)])
+
+
+class _DecodingBatch:
+    """A batch being decoded, in contiguous parts: each a `Future` of a decoding thread, or a function that decodes
+    its part when the result is asked for. `result()` -> `(ids, scores)` in batch order; `cancel()` drops the parts
+    that have not started."""
+
+    def __init__(self, parts):
+        self.parts = parts
+
+    def result(self):
+        results = [part() if callable(part) else part.result() for part in self.parts]
+        if len(results) == 1:
+            return tuple(results[0])
         return np.concatenate([ids for ids, _ in results]), np.concatenate([scores for _, scores in results])
+
+    def cancel(self):
+        for part in self.parts:
+            if not callable(part):
+                part.cancel()
 
 
 def resolve_decode_precision(decode_precision, model):

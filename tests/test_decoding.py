@@ -1,5 +1,7 @@
 """Decoding: the key/value cache changes nothing but speed; beam search and sampling behave."""
 
+import threading
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -59,6 +61,54 @@ def test_decoding_in_two_shards_gives_the_tokens_of_one_loop_in_batch_order(task
     np.testing.assert_array_equal(sharded, single)
     np.testing.assert_allclose(sharded_scores, single_scores, atol=1e-5)
     assert ((single != PAD_ID) & (single != END_ID)).sum() > batch  # real tokens, not only END
+
+
+def test_translate_hands_the_next_batch_to_the_decoding_threads_before_this_one_is_done(task):
+    """While one thread finishes the longest output of a batch, the other goes on with the next batch: the first
+    half of batch 1 may only finish once a half of batch 2 has started (with a barrier per batch it never would),
+    and the translations are those of one loop per batch, in input order."""
+    texts = load_bundled_corpus("dev").sources[:32]
+    expected = Translator(task, decode_shards=1, jit_compile=False).translate(texts, batch_size=16)
+    two = Translator(task, decode_shards=2, jit_compile=False)  # how batches are scheduled, not how XLA runs them
+    assert two.translate(texts, batch_size=16) == expected  # also compiles every shape
+    (key,) = two._compiled
+    loop, started, batch_2_started = two._compiled[key], [], threading.Event()
+
+    def watched(ids):
+        started.append(ids.shape)
+        if len(started) == 3:
+            batch_2_started.set()
+        if len(started) == 1:
+            assert batch_2_started.wait(60), "batch 2 was not handed out before batch 1 was done"
+        return loop(ids)
+
+    two._compiled[key] = watched
+    assert two.translate(texts, batch_size=16) == expected
+    assert len(started) == 4  # two batches of 16, each in two halves
+
+
+def test_an_error_in_one_batch_stops_translate_without_decoding_the_rest_in_the_background(task):
+    texts = load_bundled_corpus("dev").sources[:96]  # 6 batches of 16, each in two halves
+    two = Translator(task, decode_shards=2, jit_compile=False)
+    two.translate(texts[:16], batch_size=16)
+    (key,) = two._compiled
+    loop, started, translate_returned = two._compiled[key], [], threading.Event()
+
+    def failing(ids):
+        started.append(ids.shape)
+        if len(started) == 1:
+            raise RuntimeError("decoding failed")
+        translate_returned.wait(60)  # the other halves are busy until translate has given up
+        return loop(ids)
+
+    two._compiled[key] = failing
+    with pytest.raises(RuntimeError, match="decoding failed"):
+        two.translate(texts, batch_size=16)
+    translate_returned.set()
+    two._pool.shutdown(wait=True)  # whatever was still running has finished
+    # Started: the failing half, the other half of batch 1 and at most one half of the batches handed out ahead
+    # (the rest were dropped), out of 12 halves.
+    assert len(started) <= 3, started
 
 
 def test_sampling_is_not_sharded(task, sources):
@@ -168,7 +218,7 @@ def test_translator_halves_only_loops_of_enough_sources(task, sources):
     one = Translator(task, decode_shards=1, jit_compile=False)  # which loops it builds, not how XLA runs them
     for batch in (translator_module.MIN_HALVING_SOURCES - 1, translator_module.MIN_HALVING_SOURCES):
         one.translate_ids(pad_batch(one.encode_sources(sources[:batch]), max_length=one.config.max_length), "greedy")
-    assert sorted(key[2] for key in one._compiled) == [0, translator_module.HALVINGS]
+    assert sorted(key[2] for key in one._compiled) == [0, translator_module.HALVINGS["greedy"]]
     with pytest.raises(ValueError, match="halvings"):
         greedy_search(one._decode_model, one.config, tf.constant([[5, 2]]), 4, halvings=-1)
 
