@@ -87,10 +87,25 @@ def test_translate_hands_the_next_batch_to_the_decoding_threads_before_this_one_
     assert len(started) == 4  # two batches of 16, each in two halves
 
 
-def test_an_error_in_one_batch_stops_translate_without_decoding_the_rest_in_the_background(task):
-    texts = load_bundled_corpus("dev").sources[:96]  # 6 batches of 16, each in two halves
+@pytest.mark.parametrize("decoding, options, parts", [("greedy", {}, 1), ("beam", {"beam_size": 4, "alpha": 0.6}, 2)])
+def test_translate_decodes_small_batches_whole_side_by_side_and_splits_large_ones(task, decoding, options, parts):
+    """With more batches than decoding threads, a batch of 16 greedy rows goes to one thread whole (halves would
+    have fewer than MIN_PART_ROWS rows), 16 sources x 4 beams is split in two; same translations as one loop."""
+    texts = load_bundled_corpus("dev").sources[:48]  # 3 batches of 16
+    expected = Translator(task, decode_shards=1, jit_compile=False).translate(texts, batch_size=16, decoding=decoding, **options)
     two = Translator(task, decode_shards=2, jit_compile=False)
-    two.translate(texts[:16], batch_size=16)
+    assert two.translate(texts, batch_size=16, decoding=decoding, **options) == expected
+    seen = []
+    for key, loop in list(two._compiled.items()):
+        two._compiled[key] = lambda ids, loop=loop: seen.append(int(ids.shape[0])) or loop(ids)
+    two.translate(texts, batch_size=16, decoding=decoding, **options)
+    assert sorted(seen) == [16 // parts] * 3 * parts
+
+
+def test_an_error_in_one_batch_stops_translate_without_decoding_the_rest_in_the_background(task):
+    texts, beams = load_bundled_corpus("dev").sources[:96], {"decoding": "beam", "beam_size": 4}
+    two = Translator(task, decode_shards=2, jit_compile=False)  # 6 batches of 16 x 4 rows, each in two halves
+    two.translate(texts[:16], batch_size=16, **beams)
     (key,) = two._compiled
     loop, started, translate_returned = two._compiled[key], [], threading.Event()
 
@@ -103,7 +118,7 @@ def test_an_error_in_one_batch_stops_translate_without_decoding_the_rest_in_the_
 
     two._compiled[key] = failing
     with pytest.raises(RuntimeError, match="decoding failed"):
-        two.translate(texts, batch_size=16)
+        two.translate(texts, batch_size=16, **beams)
     translate_returned.set()
     two._pool.shutdown(wait=True)  # whatever was still running has finished
     # Started: the failing half, the other half of batch 1 and at most one half of the batches handed out ahead
