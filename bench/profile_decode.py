@@ -13,8 +13,9 @@ second loop's ops interleaved; op times of two loops side by side overlap.
 What it showed for the main-job model (3+3 layers, d_model 256, vocabulary 8,000; AMD EPYC 2-core host with
 AVX512-BF16, 2026-12-04; greedy, 16 sentences per loop, float32): matmuls 85% of the op time, 39 per step (the
 output projection alone 17%, the feed-forward 20%); the attention's products with one query 11%; every element-wise
-fusion together under 15%. The dense layers' matmuls ran at 50-95 GFLOP/s, about half of the rate of the same
-matmul in a loop of its own (probably because a step reads all 19 MB of float32 weights again). A step costs the
+fusion together under 15%. The dense layers' matmuls ran at 50-95 GFLOP/s, about one core's float32 rate: the same
+matmuls alone in an XLA loop on one thread ran at 75-100 GFLOP/s for 4 to 64 rows (2026-12-06), so a float32 step
+gets faster only by computing fewer rows. A step costs the
 same whether its rows are still translating or only padding, and a batch that runs until its longest output ends spends most of its row-steps on
 finished rows (44% of them were live at batch 32): the loop now drops finished sources (`decode_loop`'s
 `halvings`, 1.34x greedy and 1.5x beam 4 at batch 32, same tokens).
@@ -37,6 +38,13 @@ Tried on that profile, not kept (interleaved A/B in one process, same tokens; th
   matmuls (microbenchmark, host busy with training); TensorFlow's oneDNN matmuls without XLA: 1.14x in float32
   and 1.68x in bfloat16 on that chain, which would lose XLA's fusion of everything else and, in bfloat16, the
   float32 tokens.
+- key/value buffers grown in blocks for greedy too (`cache_block` 16 or 32, as beam search does), so that early
+  steps attend over fewer positions: no gain (0.9-1.0x), and the first pass over 500 sentences took 68 s instead of
+  22 s with 16-step blocks (more loops to compile).
+
+Kept (2026-12-06, interleaved, same tokens): greedy halving four times instead of twice (1.10x), `translate` handing
+the next two batches to the decoding threads before reading a result (1.05x greedy), and whole greedy batches of 32
+side by side on the two threads instead of each batch in two loops of 16 (1.10x).
 
 After the halvings, greedy batch 32 in two loops: matmuls 86% of the op time, the encoder's about 18% of it (it
 runs once per batch over the padded sources, in larger matmuls at about 180 GFLOP/s), the output projection 15%.

@@ -20,9 +20,9 @@ SHARDABLE_DECODINGS = ("greedy", "beam")
 # finished, and halves again (`decode_loop`'s `halvings`): same tokens, fewer row-steps. Each halving adds a loop for
 # XLA to compile, and smaller loops gain less: 1.10x for greedy batches of 16 in two loops of 8, against 1.34x for
 # batches of 32 (main-job model, AMD AVX512-BF16 host). So interactive use and small batches keep one loop. Greedy
-# halves down to one source (batches of 32 in two loops of 16: 1.10x over halving twice, median of 9 interleaved
-# runs; the first pass over 500 test sentences, compiles included, 26 -> 29 s); beam search twice (a third halving
-# measured 1.00x).
+# halves four times (batches of 32 in two loops of 16: 1.10x over halving twice, median of 9 interleaved runs; the
+# first pass over 500 test sentences, compiles included, 26 -> 29 s); beam search twice (a third halving measured
+# 1.00x).
 MIN_HALVING_SOURCES = 16
 # How many batches `translate` hands to the decoding threads beyond the one whose result it waits for.
 BATCHES_AHEAD = 2
@@ -55,8 +55,8 @@ class Translator:
     goes to one thread whole: larger loops, 1.10x for greedy batches of 32.
 
     A greedy or beam loop over 16 or more sources stops working on finished ones: once half of them have produced
-    END (all their beams, for beam search) it goes on over the other half, and keeps halving: greedy down to one
-    source, beam search twice (`decode_loop`'s `halvings`). A batch sorted by length otherwise spends most of its
+    END (all their beams, for beam search) it goes on over the other half, and keeps halving: greedy four times,
+    beam search twice (`decode_loop`'s `halvings`). A batch sorted by length otherwise spends most of its
     steps on rows that are only padding: 1.34x greedy and 1.5x beam 4 at batch 32 on a 2-core CPU
     (bench/profile_decode.py), same tokens.
     Each halving is one more loop for XLA to compile, so smaller loops (one sentence, a few dozen) do not halve.
