@@ -24,6 +24,7 @@ SHARDABLE_DECODINGS = ("greedy", "beam")
 # first pass over 500 test sentences, compiles included, 26 -> 29 s); beam search twice (a third halving measured
 # 1.00x).
 MIN_HALVING_SOURCES = 16
+HALVINGS = {"greedy": 4, "beam": 2}
 # How many batches `translate` hands to the decoding threads beyond the one whose result it waits for.
 BATCHES_AHEAD = 2
 # When `translate` has more batches than decoding threads, a batch is split only if each part keeps at least this
@@ -31,7 +32,6 @@ BATCHES_AHEAD = 2
 # Greedy batches of 32 (main-job model, AMD AVX512-BF16 host, median of 7 interleaved runs): whole 1.10x over two
 # halves of 16 rows; beam 4 batches of 32: two halves of 64 rows 1.04x over whole batches of 128.
 MIN_PART_ROWS = 32
-HALVINGS = {"greedy": 4, "beam": 2}
 # What `decode_precision` may name besides "auto" and "model".
 DECODE_PRECISIONS = ("float32", "mixed_bfloat16", "mixed_float16", "bfloat16", "int8")
 
