@@ -187,8 +187,8 @@ class Translator:
                 # The next batches are handed to the decoding threads before this one's result is read, so that one
                 # thread goes on with them while the other finishes the longest output of this one.
                 while len(pending) < min(len(chunks), k + 1 + BATCHES_AHEAD):
-                    ids = pad_batch([encoded[i] for i in chunks[len(pending)]], max_length=self.config.max_length)
-                    pending.append(self._start_decode(ids, decoding, batches=len(chunks), **options))
+                    batch = pad_batch([encoded[i] for i in chunks[len(pending)]], max_length=self.config.max_length)
+                    pending.append(self._start_decode(batch, decoding, batches=len(chunks), **options))
                 ids, scores = pending[k].result()
                 if ids.ndim == 2:  # one hypothesis per source
                     ids, scores = ids[:, None, :], scores[:, None]
