@@ -233,30 +233,42 @@ class Translator:
         compiled = self._compiled[key]
         decode = lambda ids: [t.numpy() for t in compiled(tf.constant(ids))]  # noqa: E731
         if not threaded:
-            return _DecodingBatch([lambda: decode(encoder_ids)])
+            return _DecodingBatch([_Deferred(lambda: decode(encoder_ids))])
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.decode_shards, thread_name_prefix="keras-transformer-decode")
         return _DecodingBatch([self._pool.submit(decode, part) for part in np.array_split(encoder_ids, parts)])
 
 
 class _DecodingBatch:
-    """A batch being decoded, in contiguous parts: each a `Future` of a decoding thread, or a function that decodes
-    its part when the result is asked for. `result()` -> `(ids, scores)` in batch order; `cancel()` drops the parts
-    that have not started."""
+    """A batch being decoded, in contiguous parts: each a `Future` of a decoding thread or a `_Deferred`.
+    `result()` -> `(ids, scores)` in batch order; `cancel()` drops the parts that have not started."""
 
     def __init__(self, parts):
         self.parts = parts
 
     def result(self):
-        results = [part() if callable(part) else part.result() for part in self.parts]
+        results = [part.result() for part in self.parts]
         if len(results) == 1:
             return tuple(results[0])
         return np.concatenate([ids for ids, _ in results]), np.concatenate([scores for _, scores in results])
 
     def cancel(self):
         for part in self.parts:
-            if not callable(part):
-                part.cancel()
+            part.cancel()
+
+
+class _Deferred:
+    """A part decoded in the caller's thread when its result is asked for (the two methods of a `Future` that
+    `_DecodingBatch` uses): batches too small to split, and decodings that are not split (sampling)."""
+
+    def __init__(self, decode):
+        self.decode = decode
+
+    def result(self):
+        return self.decode()
+
+    def cancel(self):
+        return False  # nothing runs before result() is called
 
 
 def resolve_decode_precision(decode_precision, model):
