@@ -26,9 +26,21 @@ def translator(task):
     return Translator(task)
 
 
+# Tests of how batches are scheduled run without XLA and with outputs of at most this many tokens: a loop's steps
+# then cost little, and which batches go to which thread does not depend on the output length.
+SCHEDULING = dict(jit_compile=False, max_output_length=10)
+
+
 @pytest.fixture(scope="module")
 def sources():
     return load_bundled_corpus("dev").sources[:24]
+
+
+def watch_loops(translator, watch):
+    """From now on `watch(ids)` sees each batch part that `translator`'s compiled loops (built by earlier calls) are
+    given, before the loop runs it; an exception in `watch` is the loop's."""
+    for key, loop in list(translator._compiled.items()):
+        translator._compiled[key] = lambda ids, loop=loop: (watch(ids), loop(ids))[1]
 
 
 def test_cached_greedy_equals_full_recomputation_on_a_trained_model(translator, sources):
@@ -51,9 +63,8 @@ def test_decoding_in_two_shards_gives_the_tokens_of_one_loop_in_batch_order(task
     single, single_scores = one.translate_ids(encoder_ids, decoding, **options)
 
     two.translate_ids(encoder_ids, decoding, **options)  # builds the compiled loop; then record the batches it is given
-    (key,) = two._compiled
-    loop, seen = two._compiled[key], []
-    two._compiled[key] = lambda ids: seen.append(tuple(ids.shape)) or loop(ids)
+    seen = []
+    watch_loops(two, lambda ids: seen.append(tuple(ids.shape)))
     sharded, sharded_scores = two.translate_ids(encoder_ids, decoding, **options)
 
     width = encoder_ids.shape[1]
@@ -68,21 +79,19 @@ def test_translate_hands_the_next_batch_to_the_decoding_threads_before_this_one_
     half of batch 1 may only finish once a half of batch 2 has started (with a barrier per batch it never would),
     and the translations are those of one loop per batch, in input order."""
     texts = load_bundled_corpus("dev").sources[:32]
-    expected = Translator(task, decode_shards=1, jit_compile=False).translate(texts, batch_size=16)
-    two = Translator(task, decode_shards=2, jit_compile=False)  # how batches are scheduled, not how XLA runs them
+    expected = Translator(task, decode_shards=1, **SCHEDULING).translate(texts, batch_size=16)
+    two = Translator(task, decode_shards=2, **SCHEDULING)
     assert two.translate(texts, batch_size=16) == expected  # also compiles every shape
-    (key,) = two._compiled
-    loop, started, batch_2_started = two._compiled[key], [], threading.Event()
+    started, batch_2_started = [], threading.Event()
 
-    def watched(ids):
+    def watch(ids):
         started.append(ids.shape)
         if len(started) == 3:
             batch_2_started.set()
         if len(started) == 1:
             assert batch_2_started.wait(60), "batch 2 was not handed out before batch 1 was done"
-        return loop(ids)
 
-    two._compiled[key] = watched
+    watch_loops(two, watch)
     assert two.translate(texts, batch_size=16) == expected
     assert len(started) == 4  # two batches of 16, each in two halves
 
@@ -92,31 +101,28 @@ def test_translate_decodes_small_batches_whole_side_by_side_and_splits_large_one
     """With more batches than decoding threads, a batch of 16 greedy rows goes to one thread whole (halves would
     have fewer than MIN_PART_ROWS rows), 16 sources x 4 beams is split in two; same translations as one loop."""
     texts = load_bundled_corpus("dev").sources[:48]  # 3 batches of 16
-    expected = Translator(task, decode_shards=1, jit_compile=False).translate(texts, batch_size=16, decoding=decoding, **options)
-    two = Translator(task, decode_shards=2, jit_compile=False)
+    expected = Translator(task, decode_shards=1, **SCHEDULING).translate(texts, batch_size=16, decoding=decoding, **options)
+    two = Translator(task, decode_shards=2, **SCHEDULING)
     assert two.translate(texts, batch_size=16, decoding=decoding, **options) == expected
     seen = []
-    for key, loop in list(two._compiled.items()):
-        two._compiled[key] = lambda ids, loop=loop: seen.append(int(ids.shape[0])) or loop(ids)
+    watch_loops(two, lambda ids: seen.append(int(ids.shape[0])))
     two.translate(texts, batch_size=16, decoding=decoding, **options)
     assert sorted(seen) == [16 // parts] * 3 * parts
 
 
 def test_an_error_in_one_batch_stops_translate_without_decoding_the_rest_in_the_background(task):
     texts, beams = load_bundled_corpus("dev").sources[:96], {"decoding": "beam", "beam_size": 4}
-    two = Translator(task, decode_shards=2, jit_compile=False)  # 6 batches of 16 x 4 rows, each in two halves
+    two = Translator(task, decode_shards=2, **SCHEDULING)  # 6 batches of 16 x 4 rows, each in two halves
     two.translate(texts[:16], batch_size=16, **beams)
-    (key,) = two._compiled
-    loop, started, translate_returned = two._compiled[key], [], threading.Event()
+    started, translate_returned = [], threading.Event()
 
     def failing(ids):
         started.append(ids.shape)
         if len(started) == 1:
             raise RuntimeError("decoding failed")
         translate_returned.wait(60)  # the other halves are busy until translate has given up
-        return loop(ids)
 
-    two._compiled[key] = failing
+    watch_loops(two, failing)
     with pytest.raises(RuntimeError, match="decoding failed"):
         two.translate(texts, batch_size=16, **beams)
     translate_returned.set()
@@ -131,9 +137,8 @@ def test_sampling_is_not_sharded(task, sources):
     two = Translator(task, decode_shards=2)
     encoder_ids = pad_batch(two.encode_sources(sources[:20]), max_length=two.config.max_length)
     two.translate_ids(encoder_ids[:1], "sample", top_k=5)
-    (key,) = two._compiled
-    loop, seen = two._compiled[key], []
-    two._compiled[key] = lambda ids: seen.append(tuple(ids.shape)) or loop(ids)
+    seen = []
+    watch_loops(two, lambda ids: seen.append(tuple(ids.shape)))
     two.translate_ids(encoder_ids, "sample", top_k=5)
     assert seen == [encoder_ids.shape]
 
@@ -230,7 +235,7 @@ def test_dropping_finished_sources_gives_the_same_tokens_with_fewer_row_steps(tr
 def test_translator_halves_only_loops_of_enough_sources(task, sources):
     from keras_transformer import translator as translator_module
 
-    one = Translator(task, decode_shards=1, jit_compile=False)  # which loops it builds, not how XLA runs them
+    one = Translator(task, decode_shards=1, **SCHEDULING)  # which loops it builds
     for batch in (translator_module.MIN_HALVING_SOURCES - 1, translator_module.MIN_HALVING_SOURCES):
         one.translate_ids(pad_batch(one.encode_sources(sources[:batch]), max_length=one.config.max_length), "greedy")
     assert sorted(key[2] for key in one._compiled) == [0, translator_module.HALVINGS["greedy"]]
