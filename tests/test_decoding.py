@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from keras_transformer.data import END_ID, PAD_ID, load_bundled_corpus
 from keras_transformer.decoding import beam_search, greedy_search, length_penalty, sample
-from keras_transformer.decoding.beam_search import BeamStrategy
+from keras_transformer.decoding.beam_search import BeamStrategy, top_k_in_blocks
 from keras_transformer.decoding.loop import block_ends
 from keras_transformer.translator import Translator, pad_batch
 
@@ -270,6 +270,23 @@ def test_beam_step_picks_the_best_candidates_over_all_beams_with_ties_to_the_low
     np.testing.assert_allclose(new_scores.numpy(), np.take_along_axis(candidates, best, 1), rtol=1e-6)
     np.testing.assert_array_equal(tokens.numpy(), (best % vocab).reshape(-1))
     np.testing.assert_array_equal(parents.numpy(), (best // vocab + np.arange(batch)[:, None] * beam).reshape(-1))
+
+
+@pytest.mark.parametrize("shape, k, block", [((3, 4, 1000), 4, 32), ((5, 250), 3, 8), ((2, 3, 80), 4, 16), ((2, 7), 4, 32)])
+def test_top_k_in_blocks_is_top_k_with_ties_to_the_lower_index(shape, k, block):
+    """Same values and indices as tf.math.top_k, eager and under XLA: many ties inside and across blocks, a
+    vocabulary that is not a multiple of the block (the last block padded), a winner in that last block, entries at
+    -1e9 (a finished beam), and a vocabulary of k blocks or fewer (plain top_k)."""
+    rng = np.random.default_rng(0)
+    values = rng.integers(0, 4, size=shape).astype("float32")
+    values[..., -1] = 5.0
+    values[0] = -1e9
+    values.reshape(-1, shape[-1])[1, 2] = 0.0  # a row of -1e9 but one entry
+    expected = tf.math.top_k(values, k=k)
+    for jit in (False, True):
+        top, indices = tf.function(lambda v: top_k_in_blocks(v, k, block), jit_compile=jit)(tf.constant(values))
+        np.testing.assert_array_equal(top.numpy(), expected.values.numpy())
+        np.testing.assert_array_equal(indices.numpy(), expected.indices.numpy())
 
 
 def _teacher_forced_log_probability(translator, encoder_ids, tokens):

@@ -18,6 +18,36 @@ from keras_transformer.decoding.state import DecoderState
 CACHE_BLOCK = 16
 
 
+# `top_k_in_blocks` reads the vocabulary in blocks of this many entries.
+TOP_K_BLOCK = 32
+
+
+def top_k_in_blocks(values, k, block=TOP_K_BLOCK):
+    """`tf.math.top_k(values, k)` over the last axis: the same values and indices, ties to the lower index. The k
+    largest entries lie in the k blocks (of `block` consecutive entries) with the largest maxima, ties to the lower
+    block: each block left out has k chosen blocks ranked above it, and each of those holds an entry ranked above
+    any of its own. So one max over every entry, a top_k over the block maxima and one over the k * block entries
+    of the chosen blocks (kept in index order, so that ties still go to the lower index) give the answer. XLA's CPU
+    top_k reads a whole vocabulary much more slowly than a max does: for k = 4 over [16, 4, 8,000] and [32, 4, 8,000]
+    candidates this took 1.06 -> 0.51 ms and 1.95 -> 0.68 ms (AMD AVX512-BF16 2-core host), and beam 4 over 500 test
+    sentences at batch 32 ran 1.02x faster (median of 9 interleaved runs, same translations)."""
+    size = values.shape[-1]
+    if size is None or -(-size // block) <= k:
+        return tf.math.top_k(values, k=k)
+    blocks = -(-size // block)
+    lead = tf.shape(values)[:-1]
+    if blocks * block > size:  # pad the last block with entries that no other entry ranks below
+        padding = tf.fill(tf.concat([lead, [blocks * block - size]], 0), tf.constant(-float("inf"), values.dtype))
+        values = tf.concat([values, padding], -1)
+    grouped = tf.reshape(values, tf.concat([lead, [blocks, block]], 0))
+    _, chosen = tf.math.top_k(tf.reduce_max(grouped, axis=-1), k=k)
+    chosen = tf.sort(chosen, axis=-1)  # index order
+    batch_dims = len(values.shape) - 1
+    candidates = tf.gather(grouped, chosen, batch_dims=batch_dims)  # [..., k, block]
+    top, position = tf.math.top_k(tf.reshape(candidates, tf.concat([lead, [k * block]], 0)), k=k)
+    return top, tf.gather(chosen, position // block, batch_dims=batch_dims) * block + position % block
+
+
 def length_penalty(length, alpha):
     """GNMT (Wu et al., 2016): ((5 + length) / 6) ^ alpha; alpha = 0 ranks by raw log-probability."""
     return tf.pow((5.0 + tf.cast(length, tf.float32)) / 6.0, alpha)
@@ -46,11 +76,11 @@ class BeamStrategy:
         log_probs = tf.reshape(tf.nn.log_softmax(logits), tf.stack([batch, beam_size, vocab]))
         log_probs = tf.where(tf.reshape(finished, tf.stack([batch, beam_size, 1])), self.after_end[None, None, :], log_probs)
         # The beam_size best of the beam_size * vocab candidates, in two stages: the beam_size best tokens of each
-        # beam, then the best of those beam_size * beam_size. Same result and tie order as one top_k over all
-        # candidates (ties go to the lower beam, then the lower token); XLA's CPU top_k over rows of vocab entries
-        # is cheaper than over one row of beam_size * vocab (with encoding once: 1.71 -> 1.65 s for a beam-4
-        # batch of 32, AVX2 AMD host).
-        per_beam, tokens = tf.math.top_k(scores[:, :, None] + log_probs, k=beam_size)  # [batch, beam, beam_size]
+        # beam (`top_k_in_blocks`), then the best of those beam_size * beam_size. Same result and tie order as one
+        # top_k over all candidates (ties go to the lower beam, then the lower token); XLA's CPU top_k over rows of
+        # vocab entries is cheaper than over one row of beam_size * vocab (with encoding once: 1.71 -> 1.65 s for a
+        # beam-4 batch of 32, AVX2 AMD host).
+        per_beam, tokens = top_k_in_blocks(scores[:, :, None] + log_probs, k=beam_size)  # [batch, beam, beam_size]
         scores, flat = tf.math.top_k(tf.reshape(per_beam, tf.stack([batch, beam_size * beam_size])), k=beam_size)
         beam = flat // beam_size
         token = tf.gather(tf.reshape(tokens, tf.stack([batch, beam_size * beam_size])), flat, batch_dims=1)
