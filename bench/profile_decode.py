@@ -32,8 +32,8 @@ Tried on that profile, not kept (interleaved A/B in one process, same tokens; th
   1.10x beam 4, before the loop dropped finished sources.
 - bfloat16 weights: XLA's bfloat16 matmuls of the step's shapes ran at 0.6-1.0x its float32 ones (its CPU dots do
   not use the bfloat16 units). Its int8 x int8 -> int32 matmuls ran at 1.15-1.7x, and that one was kept: Keras' int8
-  dense layers (`Translator(decode_precision="int8")`) decode greedy batches of 32 1.49x faster than float32, beam 4
-  1.21x, with the per-row quantization of the activations included (2026-12-06, same host, bench/engines.json).
+  dense layers (`Translator(decode_precision="int8")`) decode greedy batches of 32 1.51x faster than float32, beam 4
+  1.30x, with the per-row quantization of the activations included (2026-12-06 22:06, same host, bench/engines.json).
 - weights as compile-time constants of the XLA program instead of variables: 1.06x on a chain of the step's dense
   matmuls (microbenchmark, host busy with training); TensorFlow's oneDNN matmuls without XLA: 1.14x in float32
   and 1.68x in bfloat16 on that chain, which would lose XLA's fusion of everything else and, in bfloat16, the
