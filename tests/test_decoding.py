@@ -39,8 +39,15 @@ def sources():
 def watch_loops(translator, watch):
     """From now on `watch(ids)` sees each batch part that `translator`'s compiled loops (built by earlier calls) are
     given, before the loop runs it; an exception in `watch` is the loop's."""
+    def watched(loop):
+        def run(ids):
+            watch(ids)
+            return loop(ids)
+
+        return run
+
     for key, loop in list(translator._compiled.items()):
-        translator._compiled[key] = lambda ids, loop=loop: (watch(ids), loop(ids))[1]
+        translator._compiled[key] = watched(loop)
 
 
 def test_cached_greedy_equals_full_recomputation_on_a_trained_model(translator, sources):
